@@ -1,0 +1,1 @@
+//! Benchmark programs for strata; see the binaries in `src/bin`.

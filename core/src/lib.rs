@@ -1,0 +1,90 @@
+//! # strata-core
+//!
+//! The heart of strata, an event-sourcing and CQRS framework: the traits
+//! every other crate builds on, and an embedded in-memory engine.
+//!
+//! - [`Aggregate`]: pure `decide` (state + command → events or a domain
+//!   error) and `apply` (state + event → state).
+//! - [`Event`], [`NewEvent`], [`RecordedEvent`], [`Envelope`], [`Metadata`]:
+//!   events, their envelope (UUID v7 id, stream, version, global position,
+//!   type, schema version, recorded-at) and metadata (correlation,
+//!   causation, W3C `traceparent`, tenant, headers).
+//! - [`Upcasters`]: lift old stored events to the current schema on every
+//!   read path.
+//! - [`EventStore`]: append with an expected version, read streams and the
+//!   global log, snapshots, subscriptions; see its contract.
+//! - [`CommandHandler`]: load, decide, append, retry on conflict with
+//!   back-off, de-duplicate by command id, propagate metadata.
+//! - [`InMemoryEventStore`] and [`InMemoryBus`]: the embedded default.
+//!
+//! It depends on no database, broker or async runtime: the in-memory engine
+//! works on any executor.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use strata_core::{Aggregate, CommandHandler, Event, InMemoryEventStore};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! enum CounterEvent { Added { n: u32 } }
+//!
+//! impl Event for CounterEvent {
+//!     fn event_type(&self) -> &'static str { "Added" }
+//! }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("too many")]
+//! struct TooMany;
+//!
+//! #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+//! struct Counter { total: u32 }
+//!
+//! impl Aggregate for Counter {
+//!     const TYPE: &'static str = "counter";
+//!     type Command = u32;
+//!     type Event = CounterEvent;
+//!     type Error = TooMany;
+//!     fn decide(&self, n: &u32) -> Result<Vec<CounterEvent>, TooMany> {
+//!         if self.total + n > 10 { return Err(TooMany) }
+//!         Ok(vec![CounterEvent::Added { n: *n }])
+//!     }
+//!     fn apply(&mut self, CounterEvent::Added { n }: &CounterEvent) { self.total += n }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let handler = CommandHandler::<Counter, _>::new(InMemoryEventStore::new());
+//! handler.execute("c1", 4).await?;
+//! handler.execute("c1", 5).await?;
+//! assert!(handler.execute("c1", 5).await.unwrap_err().domain().is_some());
+//! let (counter, version) = handler.load("c1").await?;
+//! assert_eq!((counter.total, version), (9, 2));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! - `testing`: the [`testing`] module: the store contract suite any
+//!   [`EventStore`] can run, and the aggregate test kit (given / when /
+//!   then, and proptest laws over random command sequences).
+
+pub mod aggregate;
+pub mod bus;
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod memory;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod upcast;
+
+pub use aggregate::Aggregate;
+pub use bus::{BusConsumer, Delivery, InMemoryBus, MessageBus};
+pub use command::{CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome};
+pub use error::{Error, Result};
+pub use event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};
+pub use memory::InMemoryEventStore;
+pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, Subscription};
+pub use upcast::Upcasters;

@@ -1,0 +1,264 @@
+//! The [`EventStore`] trait and the types of its contract.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, RecordedEvent, StreamId};
+
+/// What the caller believes about a stream's version when appending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExpectedVersion {
+    /// Append whatever the version is.
+    Any,
+    /// The stream must not exist yet (version 0).
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream must be at exactly this version (0 = no stream).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn admits(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::StreamExists => actual > 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// What a successful append produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// The stream's version after the append (its last event's version).
+    pub stream_version: u64,
+    /// Global positions of the appended events, in append order.
+    pub positions: Vec<u64>,
+}
+
+/// The saved state of an aggregate at a stream version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The stream the state was built from.
+    pub stream_id: StreamId,
+    /// The last event version folded into `state`.
+    pub stream_version: u64,
+    /// Schema version of `state`; a loader ignores a snapshot whose version
+    /// is not the one it expects and replays from the start instead.
+    pub schema_version: u32,
+    /// The encoded state.
+    pub state: Value,
+}
+
+/// A live, never-ending feed of the global log; see [`EventStore::subscribe`].
+pub type Subscription = BoxStream<'static, Result<RecordedEvent>>;
+
+/// An append-only store of event streams with a global log.
+///
+/// # Contract
+/// - **Per-stream order**: a stream's events have versions 1, 2, 3, ... with
+///   no hole, in append order.
+/// - **Expected version**: [`append`](EventStore::append) is atomic; it
+///   stores all its events or none, and only if the stream's version admits
+///   `expected` at the moment of the write (checked by the backend itself,
+///   not by an earlier read). Otherwise it fails with [`Error::Conflict`]
+///   carrying the actual version. With [`ExpectedVersion::Any`] it never
+///   conflicts.
+/// - **Idempotency by event id**: appending a batch whose ids are already
+///   stored, as that same batch, returns the original [`AppendResult`] and
+///   stores nothing; an id stored otherwise is [`Error::DuplicateEventId`].
+/// - **Global order**: every event has a global position, strictly
+///   increasing in log order (not necessarily contiguous). Events of one
+///   stream appear in the global log in version order.
+/// - **No event skipped**: [`read_all`](EventStore::read_all) only returns a
+///   prefix of the log that can no longer change: an event committed later
+///   never gets a position below one already returned. A reader that moves
+///   its checkpoint to the last position it read therefore sees every event
+///   exactly once.
+/// - **Subscriptions** catch up from a position and then follow new events,
+///   with no loss and no duplicate across the switch.
+pub trait EventStore: Send + Sync + 'static {
+    /// Append `events` to `stream` if its version admits `expected`.
+    /// An empty batch appends nothing but still checks `expected`.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Up to `max_count` events of `stream` from version `from_version`
+    /// (inclusive), in version order. An unknown stream reads as empty.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// The stream's current version (0 if it does not exist).
+    fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Up to `max_count` events of the global log with a position above
+    /// `after_position`, in log order (see the contract above).
+    fn read_all(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// One event by id, if stored.
+    fn read_event(&self, event_id: Uuid) -> impl Future<Output = Result<Option<RecordedEvent>>> + Send;
+
+    /// Store `snapshot` as its stream's latest, replacing an older one. A
+    /// snapshot older than the stored one is ignored.
+    fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send;
+
+    /// The latest snapshot of `stream`, if any.
+    fn load_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+
+    /// Follow the global log from above `after_position`: first everything
+    /// already readable, then new events as they become readable. The feed
+    /// never ends by itself; an error item leaves the feed usable, and
+    /// polling on resumes from the last event delivered.
+    fn subscribe(&self, after_position: u64) -> Subscription;
+
+    /// Read a stream from `from_version` to its end, in batches of `batch`.
+    fn read_stream_to_end(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        batch: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send {
+        async move {
+            let batch = batch.max(1);
+            let mut out = Vec::new();
+            let mut next = from_version.max(1);
+            loop {
+                let page = self.read_stream(stream, next, batch).await?;
+                let done = page.len() < batch;
+                if let Some(last) = page.last() {
+                    next = last.stream_version + 1;
+                }
+                out.extend(page);
+                if done {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+/// Build a [`Subscription`] from batched [`EventStore::read_all`] calls and
+/// a `wait` future that resolves when events after the given position may
+/// have become readable (a notification, a poll interval, or both).
+///
+/// The position only moves past events that were delivered, so a failed
+/// read or wait (delivered as an `Err` item) loses and repeats nothing.
+pub fn follow<S, W, F>(store: S, after_position: u64, batch: usize, wait: W) -> Subscription
+where
+    S: EventStore + Clone,
+    W: FnMut(u64) -> F + Send + 'static,
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    struct State<S, W> {
+        store: S,
+        position: u64,
+        buffer: VecDeque<RecordedEvent>,
+        wait: W,
+        caught_up: bool,
+    }
+    let state = State {
+        store,
+        position: after_position,
+        buffer: VecDeque::new(),
+        wait,
+        caught_up: false,
+    };
+    let batch = batch.max(1);
+    stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(event) = st.buffer.pop_front() {
+                st.position = event.global_position;
+                return Some((Ok(event), st));
+            }
+            if st.caught_up {
+                if let Err(e) = (st.wait)(st.position).await {
+                    return Some((Err(e), st));
+                }
+            }
+            match st.store.read_all(st.position, batch).await {
+                Ok(page) => {
+                    st.caught_up = page.len() < batch;
+                    st.buffer.extend(page);
+                }
+                Err(e) => return Some((Err(e), st)),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Decide whether a batch whose ids may already be stored is an idempotent
+/// re-append. `stored` holds the events found under the batch's ids.
+///
+/// Returns the original outcome when the whole batch is stored, in order,
+/// contiguously in `stream`; `None` when none of its ids is stored; and
+/// [`Error::DuplicateEventId`] otherwise.
+pub fn idempotent_outcome(
+    stream: &StreamId,
+    batch: &[NewEvent],
+    stored: &[RecordedEvent],
+) -> Result<Option<AppendResult>> {
+    if stored.is_empty() {
+        return Ok(None);
+    }
+    let find = |id: Uuid| stored.iter().find(|e| e.event_id == id);
+    let first = batch.first().and_then(|e| find(e.event_id));
+    let same_batch = first.is_some_and(|first| {
+        batch.iter().enumerate().all(|(i, e)| {
+            find(e.event_id).is_some_and(|s| {
+                s.stream_id == *stream && s.stream_version == first.stream_version + i as u64
+            })
+        })
+    });
+    if same_batch {
+        let mut events: Vec<_> = batch.iter().filter_map(|e| find(e.event_id)).collect();
+        events.sort_by_key(|e| e.stream_version);
+        return Ok(Some(AppendResult {
+            stream_version: events.last().map_or(0, |e| e.stream_version),
+            positions: events.iter().map(|e| e.global_position).collect(),
+        }));
+    }
+    let dup = batch
+        .iter()
+        .find_map(|e| find(e.event_id))
+        .ok_or_else(|| Error::Backend("stored events match no id of the batch".into()))?;
+    Err(Error::DuplicateEventId {
+        event_id: dup.event_id,
+        stored_stream: dup.stream_id.to_string(),
+        stored_version: dup.stream_version,
+    })
+}

@@ -1,0 +1,4 @@
+//! Test support (feature `testing`): the store contract suite and the
+//! aggregate test kit.
+
+pub mod contract;

@@ -1,0 +1,45 @@
+# shellcheck shell=bash
+# Source this file, then call `pg_ephemeral_start`: it starts a throw-away
+# PostgreSQL 15 server (initdb into a temporary directory, a free port on
+# loopback), waits for it with pg_isready, exports DATABASE_URL and stops the
+# server and removes its files when the calling shell exits, on failure too.
+
+pg_ephemeral_start() {
+  local bindir=${PG_BINDIR:-}
+  if [ -z "$bindir" ]; then
+    for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir=$d; done
+  fi
+  if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+    echo "pg-ephemeral: PostgreSQL server binaries not found; installing postgresql" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir=$d; done
+  fi
+  PG_EPHEMERAL_DIR=$(mktemp -d -t strata-pg.XXXXXX)
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$PG_EPHEMERAL_DIR"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bindir/initdb" -D "$PG_EPHEMERAL_DIR/data" -U postgres --auth=trust \
+    --no-sync -E UTF8 >"$PG_EPHEMERAL_DIR/initdb.log" 2>&1 \
+    || { cat "$PG_EPHEMERAL_DIR/initdb.log" >&2; return 1; }
+  # Tests create many databases and run many concurrent writers.
+  "${run[@]}" "$bindir/pg_ctl" -D "$PG_EPHEMERAL_DIR/data" -l "$PG_EPHEMERAL_DIR/server.log" -w -s \
+    -o "-p $port -k $PG_EPHEMERAL_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" \
+    start || { cat "$PG_EPHEMERAL_DIR/server.log" >&2; return 1; }
+  PG_EPHEMERAL_BINDIR=$bindir
+  PG_EPHEMERAL_RUN=("${run[@]}")
+  trap pg_ephemeral_stop EXIT
+  until "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; do sleep 0.2; done
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  echo "pg-ephemeral: PostgreSQL ready at $DATABASE_URL" >&2
+}
+
+pg_ephemeral_stop() {
+  if [ -n "${PG_EPHEMERAL_DIR:-}" ] && [ -d "$PG_EPHEMERAL_DIR/data" ]; then
+    "${PG_EPHEMERAL_RUN[@]}" "$PG_EPHEMERAL_BINDIR/pg_ctl" -D "$PG_EPHEMERAL_DIR/data" -m immediate -s stop || true
+    rm -rf "$PG_EPHEMERAL_DIR"
+  fi
+}
