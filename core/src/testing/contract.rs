@@ -1,1 +1,459 @@
-//! The store contract suite.
+//! The store contract suite: checks any [`EventStore`] can run against
+//! itself to show it honours the trait's contract.
+//!
+//! ```no_run
+//! # async fn demo() -> strata_core::Result<()> {
+//! use strata_core::InMemoryEventStore;
+//! strata_core::testing::contract::run_all(|| async { Ok(InMemoryEventStore::new()) }).await
+//! # }
+//! ```
+//!
+//! Each check gets a fresh, empty store from the factory. A violated rule
+//! panics with a message naming it, as a failed assertion does.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::future::{Either, join_all, select};
+use futures_util::{FutureExt, StreamExt};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::store::{EventStore, ExpectedVersion, Snapshot, Subscription};
+
+/// How long a subscription may take to deliver an event that is readable.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Run every check, each on a fresh store from `factory`.
+pub async fn run_all<S, F, Fut>(factory: F) -> Result<()>
+where
+    S: EventStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S>>,
+{
+    expected_version_rules(&factory().await?).await?;
+    concurrent_appends_conflict(&factory().await?).await?;
+    stream_and_global_order(&factory().await?).await?;
+    batched_reads(&factory().await?).await?;
+    appends_are_atomic(&factory().await?).await?;
+    idempotent_reappend(&factory().await?).await?;
+    snapshots(&factory().await?).await?;
+    subscription_catches_up_then_follows(&factory().await?).await?;
+    metadata_and_odd_stream_ids_round_trip(&factory().await?).await?;
+    Ok(())
+}
+
+/// A test event with a recognisable payload.
+pub fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "ContractEvent".to_owned(),
+        schema_version: 1,
+        payload: json!({ "n": n }),
+        metadata: Metadata::default(),
+    }
+}
+
+fn events(range: std::ops::Range<u64>) -> Vec<NewEvent> {
+    range.map(event).collect()
+}
+
+fn stream(name: &str) -> Result<StreamId> {
+    StreamId::new(format!("contract-{name}"))
+}
+
+fn conflict_actual(result: Result<impl std::fmt::Debug>) -> u64 {
+    match result {
+        Err(Error::Conflict { actual, .. }) => actual,
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+}
+
+/// Any, NoStream, StreamExists and Exact(n) admit and refuse the right
+/// versions, and a conflict reports the actual version.
+pub async fn expected_version_rules<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("expected")?;
+    assert_eq!(
+        conflict_actual(
+            store
+                .append(&s, ExpectedVersion::StreamExists, events(0..1))
+                .await
+        ),
+        0
+    );
+    assert_eq!(
+        conflict_actual(store.append(&s, ExpectedVersion::Exact(1), events(0..1)).await),
+        0
+    );
+    let r = store.append(&s, ExpectedVersion::NoStream, events(0..2)).await?;
+    assert_eq!(r.stream_version, 2);
+    assert_eq!(r.positions.len(), 2);
+    assert!(r.positions[0] < r.positions[1], "positions must increase");
+    assert_eq!(
+        conflict_actual(store.append(&s, ExpectedVersion::NoStream, events(2..3)).await),
+        2
+    );
+    assert_eq!(
+        conflict_actual(store.append(&s, ExpectedVersion::Exact(1), events(2..3)).await),
+        2
+    );
+    assert_eq!(
+        conflict_actual(store.append(&s, ExpectedVersion::Exact(3), events(2..3)).await),
+        2
+    );
+    assert_eq!(
+        store
+            .append(&s, ExpectedVersion::Exact(2), events(2..3))
+            .await?
+            .stream_version,
+        3
+    );
+    assert_eq!(
+        store
+            .append(&s, ExpectedVersion::StreamExists, events(3..4))
+            .await?
+            .stream_version,
+        4
+    );
+    assert_eq!(
+        store
+            .append(&s, ExpectedVersion::Any, events(4..5))
+            .await?
+            .stream_version,
+        5
+    );
+    let fresh = stream("expected-any")?;
+    assert_eq!(
+        store
+            .append(&fresh, ExpectedVersion::Any, events(0..1))
+            .await?
+            .stream_version,
+        1
+    );
+    // An empty batch stores nothing but still checks the expectation.
+    assert_eq!(
+        store
+            .append(&s, ExpectedVersion::Exact(5), Vec::new())
+            .await?
+            .stream_version,
+        5
+    );
+    assert_eq!(
+        conflict_actual(store.append(&s, ExpectedVersion::Exact(4), Vec::new()).await),
+        5
+    );
+    assert_eq!(store.stream_version(&s).await?, 5);
+    assert_eq!(store.read_stream(&s, 1, 100).await?.len(), 5);
+    let versions: Vec<u64> = store
+        .read_stream(&s, 1, 100)
+        .await?
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    Ok(())
+}
+
+/// Of many concurrent appends expecting the same version, exactly one wins;
+/// the others conflict; `Any` appends all succeed with contiguous versions.
+pub async fn concurrent_appends_conflict<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("race")?;
+    store.append(&s, ExpectedVersion::NoStream, events(0..1)).await?;
+    let attempts =
+        join_all((0..16).map(|i| store.append(&s, ExpectedVersion::Exact(1), events(i..i + 2)))).await;
+    let winners = attempts.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(winners, 1, "exactly one concurrent append may win: {attempts:?}");
+    for r in attempts {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, Error::Conflict { actual: 3, .. }),
+                "losers must see a conflict at version 3: {e:?}"
+            );
+        }
+    }
+    let any = stream("race-any")?;
+    let results = join_all((0..16).map(|i| store.append(&any, ExpectedVersion::Any, events(i..i + 1)))).await;
+    for r in results {
+        r?;
+    }
+    let versions: Vec<u64> = store
+        .read_stream(&any, 1, 100)
+        .await?
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=16).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Streams read in version order; the global log holds every event once,
+/// with increasing positions and each stream in version order.
+pub async fn stream_and_global_order<S: EventStore>(store: &S) -> Result<()> {
+    let names: Vec<StreamId> = (0..5)
+        .map(|i| stream(&format!("order-{i}")))
+        .collect::<Result<_>>()?;
+    let mut appended = Vec::new();
+    for round in 0..6u64 {
+        for s in &names {
+            let batch = events(round * 10..round * 10 + 1 + round % 3);
+            appended.extend(batch.iter().map(|e| e.event_id));
+            store.append(s, ExpectedVersion::Any, batch).await?;
+        }
+    }
+    let all = store.read_all(0, 10_000).await?;
+    assert_eq!(
+        all.len(),
+        appended.len(),
+        "the global log must hold every appended event"
+    );
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].global_position < w[1].global_position),
+        "positions must increase"
+    );
+    let ids: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, appended.iter().copied().collect::<HashSet<_>>());
+    check_stream_order(&all);
+    for s in &names {
+        let read = store.read_stream(s, 1, 1000).await?;
+        assert!(
+            read.iter()
+                .enumerate()
+                .all(|(i, e)| e.stream_version == i as u64 + 1 && e.stream_id == *s)
+        );
+        assert_eq!(store.stream_version(s).await?, read.len() as u64);
+    }
+    assert!(store.read_stream(&stream("missing")?, 1, 10).await?.is_empty());
+    assert_eq!(store.stream_version(&stream("missing")?).await?, 0);
+    Ok(())
+}
+
+fn check_stream_order(log: &[RecordedEvent]) {
+    let mut last: HashMap<&StreamId, u64> = HashMap::new();
+    for e in log {
+        let prev = last.insert(&e.stream_id, e.stream_version).unwrap_or(0);
+        assert_eq!(
+            e.stream_version,
+            prev + 1,
+            "stream {} out of order in the global log",
+            e.stream_id
+        );
+    }
+}
+
+/// Reading the global log page by page yields the whole log once; stream
+/// reads honour `from_version` and `max_count`.
+pub async fn batched_reads<S: EventStore>(store: &S) -> Result<()> {
+    let a = stream("batch-a")?;
+    let b = stream("batch-b")?;
+    store
+        .append(&a, ExpectedVersion::NoStream, events(0..120))
+        .await?;
+    store
+        .append(&b, ExpectedVersion::NoStream, events(0..130))
+        .await?;
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 7).await?;
+        assert!(page.len() <= 7, "a page must respect max_count");
+        let Some(last) = page.last() else { break };
+        after = last.global_position;
+        paged.extend(page);
+    }
+    assert_eq!(paged, store.read_all(0, 10_000).await?);
+    assert_eq!(paged.len(), 250);
+    let middle = store.read_stream(&a, 50, 20).await?;
+    assert_eq!(
+        middle.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (50..70).collect::<Vec<_>>()
+    );
+    assert_eq!(middle[0].payload, json!({ "n": 49 }));
+    assert_eq!(store.read_stream_to_end(&b, 100, 9).await?.len(), 31);
+    assert!(store.read_stream(&a, 121, 10).await?.is_empty());
+    let tail = store.read_all(paged[200].global_position, 1000).await?;
+    assert_eq!(tail, paged[201..].to_vec());
+    Ok(())
+}
+
+/// A batch that cannot be stored whole stores nothing.
+pub async fn appends_are_atomic<S: EventStore>(store: &S) -> Result<()> {
+    let a = stream("atomic-a")?;
+    let b = stream("atomic-b")?;
+    let first = events(0..1);
+    store.append(&a, ExpectedVersion::NoStream, first.clone()).await?;
+    let mut batch = events(1..4);
+    batch[2].event_id = first[0].event_id;
+    let err = store
+        .append(&b, ExpectedVersion::Any, batch.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
+    assert_eq!(
+        store.stream_version(&b).await?,
+        0,
+        "nothing of a refused batch may be stored"
+    );
+    for e in &batch[..2] {
+        assert!(store.read_event(e.event_id).await?.is_none());
+    }
+    Ok(())
+}
+
+/// Re-appending a stored batch returns the original outcome and stores
+/// nothing; a partly stored batch is refused.
+pub async fn idempotent_reappend<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("idem")?;
+    let batch = events(0..3);
+    let first = store.append(&s, ExpectedVersion::NoStream, batch.clone()).await?;
+    let again = store.append(&s, ExpectedVersion::NoStream, batch.clone()).await?;
+    assert_eq!(first, again, "a re-append must return the original outcome");
+    let any = store.append(&s, ExpectedVersion::Any, batch.clone()).await?;
+    assert_eq!(first, any);
+    assert_eq!(store.stream_version(&s).await?, 3);
+    let mut overlapping = events(3..5);
+    overlapping.push(batch[1].clone());
+    let err = store
+        .append(&s, ExpectedVersion::Any, overlapping)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DuplicateEventId {
+                stored_version: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.stream_version(&s).await?, 3);
+    let found = store
+        .read_event(batch[2].event_id)
+        .await?
+        .expect("stored event by id");
+    assert_eq!(
+        (found.stream_version, found.global_position),
+        (3, first.positions[2])
+    );
+    assert!(store.read_event(Uuid::now_v7()).await?.is_none());
+    Ok(())
+}
+
+/// The latest snapshot wins; an older one does not replace it.
+pub async fn snapshots<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("snap")?;
+    assert!(store.load_snapshot(&s).await?.is_none());
+    let snap = |v: u64| Snapshot {
+        stream_id: s.clone(),
+        stream_version: v,
+        schema_version: 2,
+        state: json!({ "at": v }),
+    };
+    store.save_snapshot(snap(5)).await?;
+    assert_eq!(store.load_snapshot(&s).await?, Some(snap(5)));
+    store.save_snapshot(snap(3)).await?;
+    assert_eq!(
+        store.load_snapshot(&s).await?,
+        Some(snap(5)),
+        "an older snapshot must not win"
+    );
+    store.save_snapshot(snap(8)).await?;
+    assert_eq!(store.load_snapshot(&s).await?, Some(snap(8)));
+    assert!(store.load_snapshot(&stream("snap-other")?).await?.is_none());
+    Ok(())
+}
+
+async fn next_within(sub: &mut Subscription) -> Result<RecordedEvent> {
+    let timeout = futures_timer::Delay::new(DELIVERY_TIMEOUT);
+    match select(sub.next(), timeout).await {
+        Either::Left((Some(item), _)) => item,
+        Either::Left((None, _)) => Err(Error::Closed),
+        Either::Right(_) => panic!("subscription delivered nothing within {DELIVERY_TIMEOUT:?}"),
+    }
+}
+
+/// A subscription delivers what is stored, then what is appended later,
+/// each event once and in log order; one started mid-log starts there.
+pub async fn subscription_catches_up_then_follows<S: EventStore>(store: &S) -> Result<()> {
+    let a = stream("sub-a")?;
+    let b = stream("sub-b")?;
+    store
+        .append(&a, ExpectedVersion::NoStream, events(0..600))
+        .await?;
+    let mut sub = store.subscribe(0);
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        seen.push(next_within(&mut sub).await?);
+    }
+    // Live: append while the subscriber waits.
+    let appends = async {
+        for i in 0..20 {
+            store.append(&b, ExpectedVersion::Any, events(i..i + 1)).await?;
+            futures_timer::Delay::new(Duration::from_millis(2)).await;
+        }
+        Ok::<_, Error>(())
+    };
+    let receive = async {
+        let mut live = Vec::new();
+        for _ in 0..20 {
+            live.push(next_within(&mut sub).await?);
+        }
+        Ok::<_, Error>(live)
+    };
+    let (appended, live) = futures_util::future::join(appends, receive).await;
+    appended?;
+    seen.extend(live?);
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].global_position < w[1].global_position)
+    );
+    assert_eq!(
+        seen,
+        store.read_all(0, 10_000).await?,
+        "the subscriber must see the log exactly"
+    );
+    check_stream_order(&seen);
+    assert!(
+        sub.next().now_or_never().is_none(),
+        "nothing more may be delivered"
+    );
+    let mut mid = store.subscribe(seen[599].global_position);
+    assert_eq!(next_within(&mut mid).await?, seen[600]);
+    Ok(())
+}
+
+/// Metadata and awkward (but valid) stream ids survive storage unchanged.
+pub async fn metadata_and_odd_stream_ids_round_trip<S: EventStore>(store: &S) -> Result<()> {
+    let mut e = event(1);
+    e.metadata = Metadata {
+        correlation_id: Some(Uuid::now_v7()),
+        causation_id: Some(Uuid::now_v7()),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        tenant_id: Some("tenant-7".into()),
+        headers: [("source".to_owned(), "contract".to_owned())].into(),
+    };
+    for name in [
+        "it's \"quoted\"",
+        "spaces and / slashes %_",
+        "ünïcødé-流-🚀",
+        "'; drop table events; --",
+    ] {
+        let s = StreamId::new(name)?;
+        let mut one = e.clone();
+        one.event_id = Uuid::now_v7();
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![one.clone()])
+            .await?;
+        let read = store.read_stream(&s, 1, 10).await?;
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].stream_id.as_str(), name);
+        assert_eq!(read[0].metadata, one.metadata);
+        assert_eq!(read[0].payload, one.payload);
+        assert_eq!(read[0].event_type, one.event_type);
+    }
+    Ok(())
+}
