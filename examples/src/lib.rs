@@ -1,1 +1,4 @@
-//! Shared code of the strata examples (the examples themselves live beside this crate).
+//! Shared code of the strata examples: the bank-account aggregate used by
+//! `cargo run --example bank` and by the core test kit's tests.
+
+pub mod bank;

@@ -1,4 +1,20 @@
-//! Test support (feature `testing`): the store contract suite and the
-//! aggregate test kit.
+//! Test support (feature `testing`).
+//!
+//! - [`contract`]: the store contract suite, for any [`EventStore`](crate::EventStore).
+//! - [`AggregateTest`]: given events / when command / then events or error.
+//! - [`Laws`]: property tests over random command sequences, checking that
+//!   replay rebuilds the same state, events survive a JSON round trip (and
+//!   upcasting from older versions), snapshot + tail equals full replay, and
+//!   user invariants hold after every step; failures shrink to a minimal
+//!   command sequence.
+//! - [`DelayedAppends`]: a store wrapper that makes concurrent writers collide.
 
 pub mod contract;
+mod delay;
+mod kit;
+mod laws;
+
+pub use delay::DelayedAppends;
+pub use kit::{AggregateTest, Then};
+pub use laws::{LawViolation, Laws};
+pub use proptest;

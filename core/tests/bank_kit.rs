@@ -1,0 +1,198 @@
+//! The aggregate test kit on the bank account, and a deliberately broken
+//! aggregate caught by the property laws.
+
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use strata_core::Aggregate;
+use strata_core::testing::{AggregateTest, Laws};
+use strata_examples::bank::{self, BankAccount, BankCommand, BankError, BankEvent};
+
+fn opened() -> BankEvent {
+    BankEvent::Opened { owner: "ada".into() }
+}
+
+#[test]
+fn deposit_on_open_account_emits_deposited() {
+    let state = AggregateTest::<BankAccount>::given([opened()])
+        .when(BankCommand::Deposit { amount: 50 })
+        .then_expect_events([BankEvent::Deposited { amount: 50 }]);
+    assert_eq!(state.balance, 50);
+}
+
+#[test]
+fn overdraft_is_refused() {
+    AggregateTest::<BankAccount>::given([opened(), BankEvent::Deposited { amount: 10 }])
+        .when(BankCommand::Withdraw { amount: 11 })
+        .then_expect_error(|e| {
+            *e == BankError::InsufficientFunds {
+                balance: 10,
+                requested: 11,
+            }
+        });
+}
+
+#[test]
+fn closed_account_refuses_deposits() {
+    AggregateTest::<BankAccount>::given([opened(), BankEvent::Closed])
+        .when(BankCommand::Deposit { amount: 1 })
+        .then_expect_error_message("account is not open");
+}
+
+#[test]
+#[should_panic(expected = "produced other events")]
+fn then_expect_events_fails_on_other_events() {
+    AggregateTest::<BankAccount>::given([opened()])
+        .when(BankCommand::Deposit { amount: 5 })
+        .then_expect_events([BankEvent::Deposited { amount: 6 }]);
+}
+
+fn bank_commands() -> impl Strategy<Value = BankCommand> {
+    prop_oneof![
+        1 => "[a-z]{1,8}".prop_map(|owner| BankCommand::Open { owner }),
+        4 => (0u64..500).prop_map(|amount| BankCommand::Deposit { amount }),
+        4 => (0u64..500).prop_map(|amount| BankCommand::Withdraw { amount }),
+        1 => Just(BankCommand::Close),
+    ]
+}
+
+/// Deposits minus withdrawals, from the events alone.
+fn ledger(events: &[BankEvent]) -> i128 {
+    events
+        .iter()
+        .map(|e| match e {
+            BankEvent::Deposited { amount } => i128::from(*amount),
+            BankEvent::Withdrawn { amount } => -i128::from(*amount),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn balance_matches_ledger<A>(balance: impl Fn(&A) -> u64) -> impl Fn(&A, &[BankEvent]) -> Result<(), String> {
+    move |state, events| {
+        let expected = ledger(events);
+        if i128::from(balance(state)) == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "balance {} but the ledger says {expected}",
+                balance(state)
+            ))
+        }
+    }
+}
+
+#[test]
+fn bank_account_obeys_the_laws() {
+    Laws::<BankAccount>::new()
+        .upcasters(bank::upcasters())
+        .legacy_encoding("Deposited", 1, |v2| json!({ "value": v2["amount"] }))
+        .invariant(
+            "balance equals the ledger",
+            balance_matches_ledger(|a: &BankAccount| a.balance),
+        )
+        .invariant("closed accounts are empty", |a: &BankAccount, _| {
+            if a.owner.is_some() && !a.open && a.balance != 0 {
+                Err(format!("closed with balance {}", a.balance))
+            } else {
+                Ok(())
+            }
+        })
+        .check_all(bank_commands());
+}
+
+/// An account whose `apply` disagrees with `decide`: `decide` allows any
+/// covered withdrawal, but `apply` forgets to take out withdrawals over 100.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct BrokenAccount(BankAccount);
+
+impl Aggregate for BrokenAccount {
+    const TYPE: &'static str = "broken-account";
+    type Command = BankCommand;
+    type Event = BankEvent;
+    type Error = BankError;
+
+    fn decide(&self, command: &BankCommand) -> Result<Vec<BankEvent>, BankError> {
+        self.0.decide(command)
+    }
+
+    fn apply(&mut self, event: &BankEvent) {
+        match event {
+            BankEvent::Withdrawn { amount } if *amount > 100 => {}
+            other => self.0.apply(other),
+        }
+    }
+}
+
+#[test]
+fn broken_aggregate_is_caught_with_a_shrunk_sequence() {
+    let violation = Laws::<BrokenAccount>::new()
+        .upcasters(bank::upcasters())
+        .invariant(
+            "balance equals the ledger",
+            balance_matches_ledger(|a: &BrokenAccount| a.0.balance),
+        )
+        .cases(512)
+        .run(bank_commands())
+        .expect_err("the broken apply must be caught");
+    assert!(
+        violation.reason.contains("balance equals the ledger"),
+        "{violation}"
+    );
+    // The smallest sequence that shows the bug: open, deposit enough, withdraw more than 100.
+    assert_eq!(violation.commands.len(), 3, "not shrunk: {violation}");
+    assert!(
+        matches!(violation.commands[0], BankCommand::Open { .. }),
+        "{violation}"
+    );
+    assert!(
+        matches!(violation.commands[1], BankCommand::Deposit { amount } if amount >= 101),
+        "{violation}"
+    );
+    assert_eq!(
+        violation.commands[2],
+        BankCommand::Withdraw { amount: 101 },
+        "{violation}"
+    );
+}
+
+/// State that loses a field in its snapshot breaks the snapshot law.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ForgetfulAccount {
+    #[serde(skip)]
+    inner: BankAccount,
+}
+
+impl Aggregate for ForgetfulAccount {
+    const TYPE: &'static str = "forgetful-account";
+    type Command = BankCommand;
+    type Event = BankEvent;
+    type Error = BankError;
+
+    fn decide(&self, command: &BankCommand) -> Result<Vec<BankEvent>, BankError> {
+        self.inner.decide(command)
+    }
+
+    fn apply(&mut self, event: &BankEvent) {
+        self.inner.apply(event);
+    }
+}
+
+#[test]
+fn state_lost_in_snapshots_breaks_the_snapshot_law() {
+    let violation = Laws::<ForgetfulAccount>::new()
+        .upcasters(bank::upcasters())
+        .run(bank_commands())
+        .expect_err("a state that does not survive snapshots must be caught");
+    assert!(violation.reason.contains("snapshot after"), "{violation}");
+    assert_eq!(violation.commands.len(), 1, "not shrunk: {violation}");
+}
+
+#[test]
+fn events_without_upcasters_for_old_versions_break_the_round_trip_law() {
+    let violation = Laws::<BankAccount>::new()
+        .legacy_encoding("Deposited", 1, |v2| json!({ "value": v2["amount"] }))
+        .run(bank_commands())
+        .expect_err("v1 deposits cannot be read without the upcaster");
+    assert!(violation.reason.contains("does not upcast"), "{violation}");
+}
