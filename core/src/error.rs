@@ -16,7 +16,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Domain outcomes ([`Error::Conflict`]) are apart from input problems
 /// ([`Error::InvalidStreamId`], [`Error::PayloadTooLarge`], ...), decoding
-/// problems ([`Error::UnknownEventType`], [`Error::Decode`], ...) and
+/// problems ([`Error::UnknownEventType`], [`Error::Serialization`], ...) and
 /// infrastructure failures ([`Error::Connection`], [`Error::Backend`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

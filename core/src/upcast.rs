@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn missing_step_is_unknown_schema_version() {
-        let only_second = Upcasters::new().register("Renamed", 2, |v| Ok(v));
+        let only_second = Upcasters::new().register("Renamed", 2, Ok);
         let err = only_second.decode::<Ev>("Renamed", 1, json!({})).unwrap_err();
         assert!(
             matches!(
@@ -208,7 +208,7 @@ mod tests {
     fn failing_step_is_upcast_error() {
         let failing = Upcasters::new()
             .register("Renamed", 1, |_| Err("field gone".into()))
-            .register("Renamed", 2, |v| Ok(v));
+            .register("Renamed", 2, Ok);
         let err = failing.decode::<Ev>("Renamed", 1, json!({})).unwrap_err();
         assert!(matches!(err, Error::Upcast { from_version: 1, .. }), "{err:?}");
     }
