@@ -1,1 +1,142 @@
-//! PostgreSQL event store (in progress).
+//! # strata-store-postgres
+//!
+//! The PostgreSQL [`EventStore`](strata_core::EventStore) of strata:
+//! [`PgEventStore`], an append-only event log with optimistic concurrency,
+//! idempotent appends, snapshots, a gap-free global log and live
+//! subscriptions; plus the `strata` operator command line (`strata migrate`,
+//! `strata events stream|tail|horizon`).
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use strata_core::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+//! use strata_store_postgres::PgEventStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgEventStore::connect("postgres://postgres@localhost/app").await?;
+//! store.migrate().await?;
+//!
+//! let stream = StreamId::new("account-42")?;
+//! let event = NewEvent {
+//!     event_id: uuid::Uuid::now_v7(),
+//!     event_type: "Opened".into(),
+//!     schema_version: 1,
+//!     payload: serde_json::json!({ "owner": "ada" }),
+//!     metadata: Metadata::default(),
+//! };
+//! let appended = store.append(&stream, ExpectedVersion::NoStream, vec![event]).await?;
+//! assert_eq!(appended.stream_version, 1);
+//!
+//! let all = store.read_all(0, 100).await?;
+//! # let _ = all;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Schema
+//!
+//! [`MIGRATOR`] (or [`PgEventStore::migrate`]) creates the schema `strata`:
+//! `strata.events` (one row per event, `UNIQUE (stream_id, stream_version)`
+//! and `UNIQUE (event_id)`), `strata.snapshots` (latest snapshot per
+//! stream) and a statement-level trigger that sends `NOTIFY strata_events`
+//! at commit.
+//!
+//! ## Appends
+//!
+//! An append is one SQL statement, so one transaction and one round trip:
+//! it reads the stream's version, checks the expected version and inserts
+//! the batch (`unnest(...) WITH ORDINALITY`). Two writers computing the
+//! same version collide on the unique `(stream_id, stream_version)` index;
+//! the loser gets a typed [`Error::Conflict`](strata_core::Error::Conflict)
+//! with the actual version (or, with `ExpectedVersion::Any`, simply tries
+//! again). A batch whose event ids are all stored, as that same batch, is
+//! an idempotent re-append.
+//!
+//! ## The global log skips nothing
+//!
+//! `global_position` is not a sequence. The append computes it as
+//!
+//! ```text
+//! global_position = (pg_current_xact_id() << 20) | index of the event in its batch (1-based)
+//! ```
+//!
+//! so positions are unique and ordered by (writing transaction id, index);
+//! a batch holds at most 2^20 - 1 events ([`MAX_BATCH_SIZE`], else
+//! [`Error::BatchTooLarge`](strata_core::Error::BatchTooLarge)), and
+//! transaction ids stay below 2^43 (about 8.8 * 10^12 transactions).
+//! [`read_all`](strata_core::EventStore::read_all) returns only positions
+//! below the *horizon* `pg_snapshot_xmin(pg_current_snapshot()) << 20`,
+//! the smallest transaction id still running when the read's snapshot was
+//! taken.
+//!
+//! **Why no reader skips an event.** Every transaction whose id is below
+//! `xmin` had ended (committed or rolled back) when the snapshot was taken,
+//! so the read sees all of its rows or knows it never will: the set of rows
+//! below the horizon can no longer change. Every transaction still running
+//! then, and every one that starts later, has an id `>= xmin`, hence
+//! positions above every position the read returned. So when a reader
+//! moves its checkpoint to the last position it read, every event that
+//! commits later lies above the checkpoint, and the reader sees each
+//! committed event exactly once. (With a sequence, `position > checkpoint`
+//! does skip: values are taken at insert but become visible at commit, in
+//! another order. A transaction holding value 7 commits after one holding
+//! 8, a reader that already moved to 8 never sees 7.) Nothing here waits
+//! for time to pass, so a slow transaction delays events, never drops them.
+//!
+//! **Why a stream's events are in version order in the global log.** An
+//! append runs in its own transaction and the append statement is its
+//! first write, so its transaction id is assigned during the statement. A
+//! transaction can only insert version `v + 1` once the one that inserted
+//! `v` has committed (before that, it sees `v - 1` and collides with `v` on
+//! the unique index). The writer of `v` got its id before committing, the
+//! writer of `v + 1` after that commit, so its id, and position, is larger.
+//!
+//! **The cost.** Any transaction that holds a transaction id (that has
+//! written anything, in any table of the database) holds every reader back
+//! while it runs: events committed after it started stay invisible to
+//! `read_all` and subscriptions until it ends. Keep transactions short.
+//! [`PgEventStore::horizon`] reports the horizon, how many committed events
+//! it holds back and the age of the oldest running transaction, and
+//! records them as the `metrics` gauges `strata_store_horizon_position`,
+//! `strata_store_held_back_events` and
+//! `strata_store_oldest_transaction_age_seconds`.
+//!
+//! ## Subscriptions
+//!
+//! [`subscribe`](strata_core::EventStore::subscribe) reads the log in
+//! batches (see [`PgEventStoreOptions::read_batch`]) and, once caught up,
+//! waits for a `strata_events` notification or the poll interval
+//! ([`PgEventStoreOptions::poll_interval`]), whichever comes first. One
+//! `LISTEN` connection per store serves all its subscriptions and
+//! reconnects on failure; a lost notification only costs latency, because
+//! reads are horizon-safe and the feed resumes from the last event it
+//! delivered.
+//!
+//! ## Errors
+//!
+//! Every method returns [`strata_core::Error`]. An unreachable server, a
+//! lost connection, a pool timeout or a malformed URL is
+//! [`Error::Connection`](strata_core::Error::Connection); any other
+//! database failure is [`Error::Backend`](strata_core::Error::Backend),
+//! with the `sqlx::Error` as its source.
+//!
+//! ## Feature flags
+//!
+//! - `testing`: the [`testing`] module: a fresh, migrated database per test
+//!   (`DATABASE_URL` names the server) and an append within a caller-held
+//!   transaction.
+
+pub mod error;
+pub mod horizon;
+pub mod notify;
+pub mod options;
+mod row;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use horizon::Horizon;
+pub use options::{DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_SIZE, PgEventStoreOptions};
+pub use store::PgEventStore;
+
+/// The migrations of the `strata` schema, embedded from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

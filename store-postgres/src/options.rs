@@ -1,0 +1,115 @@
+//! [`PgEventStoreOptions`]: how to connect and tune a [`PgEventStore`].
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use strata_core::Result;
+
+use crate::error::from_sqlx;
+use crate::store::PgEventStore;
+
+/// Default limit on one event's encoded payload plus metadata: 1 MiB.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
+
+/// Most events one append may carry: the batch index takes the low 20 bits
+/// of a global position.
+pub const MAX_BATCH_SIZE: usize = (1 << 20) - 1;
+
+/// Builder of a [`PgEventStore`], like sqlx's `PgPoolOptions`.
+///
+/// ```no_run
+/// # async fn f() -> strata_core::Result<()> {
+/// use std::time::Duration;
+/// use strata_store_postgres::PgEventStoreOptions;
+///
+/// let store = PgEventStoreOptions::new("postgres://localhost/app")
+///     .max_connections(20)
+///     .poll_interval(Duration::from_millis(250))
+///     .connect()
+///     .await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgEventStoreOptions {
+    pub(crate) url: String,
+    pub(crate) max_connections: u32,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) max_event_size: usize,
+    pub(crate) read_batch: usize,
+    pub(crate) poll_interval: Duration,
+}
+
+impl PgEventStoreOptions {
+    /// Options for the database at `url` (`postgres://user:pass@host:port/db`),
+    /// with the defaults: 10 connections, a 10 s acquire timeout, events up to
+    /// [`DEFAULT_MAX_EVENT_SIZE`], subscription batches of 500 and a 500 ms
+    /// poll interval.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgEventStoreOptions {
+            url: url.into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            read_batch: 500,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// Size of the connection pool. A running subscription feed holds one
+    /// more connection, outside this count, for `LISTEN`.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long to wait for a pooled connection before failing with
+    /// [`strata_core::Error::Connection`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Largest accepted payload plus metadata of one event, in bytes.
+    pub fn max_event_size(mut self, bytes: usize) -> Self {
+        self.max_event_size = bytes;
+        self
+    }
+
+    /// How many events a subscription reads per query.
+    pub fn read_batch(mut self, n: usize) -> Self {
+        self.read_batch = n.max(1);
+        self
+    }
+
+    /// How often an idle subscription reads the log even without a
+    /// notification (a notification can be lost while reconnecting, and a
+    /// committed event can become readable later, when an older transaction
+    /// ends). Reading never skips events, so this only bounds latency.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Connect the pool (at least one connection is opened now) and build
+    /// the store. A malformed URL or an unreachable server is
+    /// [`strata_core::Error::Connection`].
+    pub async fn connect(self) -> Result<PgEventStore> {
+        let connect = PgConnectOptions::from_str(&self.url).map_err(from_sqlx)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(self.with_pool(pool))
+    }
+
+    /// Build the store on an existing pool; the URL and pool settings of
+    /// these options are ignored.
+    pub fn with_pool(self, pool: PgPool) -> PgEventStore {
+        PgEventStore::build(pool, self)
+    }
+}

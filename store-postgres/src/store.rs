@@ -1,0 +1,491 @@
+//! [`PgEventStore`]: the [`EventStore`] on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use strata_core::store::{follow, idempotent_outcome};
+use strata_core::{
+    AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot,
+    StreamId, Subscription,
+};
+use uuid::Uuid;
+
+use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_unique_violation};
+use crate::horizon::Horizon;
+use crate::notify::Notifier;
+use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
+use crate::row::{
+    EVENT_COLUMNS, EventRow, SnapshotRow, limit, to_events, to_i64_saturating, to_u64,
+};
+
+/// How many times an append that admits its expected version is tried
+/// again after a concurrent writer took the version it computed.
+const MAX_APPEND_ATTEMPTS: usize = 1000;
+
+/// The append, one statement and therefore one transaction: the version
+/// check, the version numbering and the gap-free position all happen inside
+/// it. The unique `(stream_id, stream_version)` index turns a concurrent
+/// writer that got there first into a unique violation.
+const APPEND_SQL: &str = "\
+WITH cur AS (
+    SELECT coalesce(max(stream_version), 0) AS v FROM strata.events WHERE stream_id = $1
+)
+INSERT INTO strata.events
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, $1, cur.v + e.ord,
+       e.id, e.ty, e.sv, e.payload, e.metadata
+FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
+         WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
+WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
+RETURNING global_position, stream_version";
+
+const VERSION_SQL: &str =
+    "SELECT coalesce(max(stream_version), 0) FROM strata.events WHERE stream_id = $1";
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    max_event_size: usize,
+    read_batch: usize,
+    poll_interval: Duration,
+    notifier: Notifier,
+}
+
+/// An [`EventStore`] on PostgreSQL. Cloning is cheap and shares the pool.
+///
+/// See the [crate docs](crate) for the schema and for why the global log
+/// never skips an event.
+#[derive(Debug, Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+impl PgEventStore {
+    /// Connect to `url` with default [`PgEventStoreOptions`].
+    pub async fn connect(url: &str) -> Result<Self> {
+        PgEventStoreOptions::new(url).connect().await
+    }
+
+    /// A store on an existing pool, with default options.
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgEventStoreOptions::new(String::new()).with_pool(pool)
+    }
+
+    pub(crate) fn build(pool: PgPool, options: PgEventStoreOptions) -> Self {
+        PgEventStore {
+            inner: Arc::new(Inner {
+                pool,
+                max_event_size: options.max_event_size,
+                read_batch: options.read_batch,
+                poll_interval: options.poll_interval,
+                notifier: Notifier::new(),
+            }),
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Apply the pending [`MIGRATOR`](crate::MIGRATOR) migrations (creates
+    /// the `strata` schema). Safe to run concurrently and repeatedly.
+    pub async fn migrate(&self) -> Result<()> {
+        crate::MIGRATOR.run(&self.inner.pool).await.map_err(from_migrate)
+    }
+
+    /// The readable horizon of the global log and what holds it back; also
+    /// recorded as the gauges `strata_store_horizon_position`,
+    /// `strata_store_held_back_events` and
+    /// `strata_store_oldest_transaction_age_seconds`.
+    pub async fn horizon(&self) -> Result<Horizon> {
+        let (below, held, age, pid): (i64, i64, Option<f64>, Option<i32>) = sqlx::query_as(
+            "WITH h AS (
+                 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below
+             ), o AS (
+                 SELECT pid, extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age
+                 FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL
+                 ORDER BY age(backend_xid) DESC
+                 LIMIT 1
+             )
+             SELECT h.below,
+                    (SELECT count(*) FROM strata.events WHERE global_position >= h.below),
+                    o.age, o.pid
+             FROM h LEFT JOIN o ON true",
+        )
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        let horizon = Horizon {
+            readable_below: to_u64("horizon", below)?,
+            held_back_events: to_u64("held back events", held)?,
+            oldest_transaction_age_seconds: age,
+            oldest_transaction_pid: pid,
+        };
+        metrics::gauge!("strata_store_horizon_position").set(horizon.readable_below as f64);
+        metrics::gauge!("strata_store_held_back_events").set(horizon.held_back_events as f64);
+        metrics::gauge!("strata_store_oldest_transaction_age_seconds")
+            .set(horizon.oldest_transaction_age_seconds.unwrap_or(0.0));
+        Ok(horizon)
+    }
+
+    fn check_batch(&self, events: &[NewEvent]) -> Result<()> {
+        if events.len() > MAX_BATCH_SIZE {
+            return Err(Error::BatchTooLarge {
+                size: events.len(),
+                limit: MAX_BATCH_SIZE,
+            });
+        }
+        for e in events {
+            let size = e.encoded_size();
+            if size > self.inner.max_event_size {
+                return Err(Error::PayloadTooLarge {
+                    event_id: e.event_id,
+                    event_type: e.event_type.clone(),
+                    size,
+                    limit: self.inner.max_event_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn stored_with_ids(&self, events: &[NewEvent]) -> Result<Vec<RecordedEvent>> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM strata.events WHERE event_id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        to_events(rows)
+    }
+
+    async fn append_now(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.check_batch(&events)?;
+        if events.is_empty() {
+            let actual = version_of(&self.inner.pool, stream).await?;
+            return if expected.admits(actual) {
+                Ok(AppendResult {
+                    stream_version: actual,
+                    positions: Vec::new(),
+                })
+            } else {
+                Err(conflict(stream, expected, actual))
+            };
+        }
+        let batch = Batch::new(&events)?;
+        let repeated_id = events
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| events[..i].iter().any(|p| p.event_id == e.event_id).then_some(e.event_id));
+        for attempt in 1.. {
+            if repeated_id.is_none() {
+                match insert(&self.inner.pool, stream, expected, &batch).await {
+                    Ok(Some(result)) => {
+                        metrics::counter!("strata_store_appended_events_total")
+                            .increment(events.len() as u64);
+                        return Ok(result);
+                    }
+                    Ok(None) => {}
+                    Err(InsertError::Sql(e)) if is_unique_violation(&e) => {}
+                    Err(InsertError::Sql(e)) => return Err(from_sqlx(e)),
+                    Err(InsertError::Other(e)) => return Err(e),
+                }
+            }
+            // Rejected: an idempotent re-append, a duplicate id, a real
+            // conflict, or a concurrent writer that took our version.
+            let stored = self.stored_with_ids(&events).await?;
+            if let Some(outcome) = idempotent_outcome(stream, &events, &stored)? {
+                return Ok(outcome);
+            }
+            let actual = version_of(&self.inner.pool, stream).await?;
+            if !expected.admits(actual) || attempt >= MAX_APPEND_ATTEMPTS {
+                metrics::counter!("strata_store_append_conflicts_total").increment(1);
+                return Err(conflict(stream, expected, actual));
+            }
+            if let Some(event_id) = repeated_id {
+                return Err(Error::DuplicateEventId {
+                    event_id,
+                    stored_stream: stream.to_string(),
+                    stored_version: actual,
+                });
+            }
+            tracing::debug!(stream = %stream, attempt, "append raced with another writer, trying again");
+        }
+        unreachable!("the append loop returns")
+    }
+}
+
+fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64) -> Error {
+    Error::Conflict {
+        stream: stream.to_string(),
+        expected,
+        actual,
+    }
+}
+
+async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<u64> {
+    let v: i64 = sqlx::query_scalar(VERSION_SQL)
+        .bind(stream.as_str())
+        .fetch_one(exec)
+        .await
+        .map_err(from_sqlx)?;
+    to_u64("stream_version", v)
+}
+
+/// A batch encoded as the append's column arrays.
+struct Batch {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl Batch {
+    fn new(events: &[NewEvent]) -> Result<Self> {
+        let mut b = Batch {
+            ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            schema_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        for e in events {
+            b.ids.push(e.event_id);
+            b.types.push(e.event_type.clone());
+            b.schema_versions.push(
+                i32::try_from(e.schema_version)
+                    .map_err(|_| crate::error::out_of_range("schema_version", e.schema_version))?,
+            );
+            b.payloads.push(e.payload.clone());
+            b.metadata.push(serde_json::to_value(&e.metadata).map_err(|source| {
+                Error::Serialization {
+                    op: "encode",
+                    what: format!("metadata of event {}", e.event_id),
+                    source,
+                }
+            })?);
+        }
+        Ok(b)
+    }
+}
+
+enum InsertError {
+    Sql(sqlx::Error),
+    Other(Error),
+}
+
+/// Run the append statement. `None`: the expected version did not admit
+/// the stream's version as the statement saw it.
+async fn insert<'e>(
+    exec: impl PgExecutor<'e>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    batch: &Batch,
+) -> Result<Option<AppendResult>, InsertError> {
+    let (exact, must_exist): (Option<i64>, bool) = match expected {
+        ExpectedVersion::Any => (None, false),
+        ExpectedVersion::NoStream => (Some(0), false),
+        ExpectedVersion::StreamExists => (None, true),
+        ExpectedVersion::Exact(v) => (Some(to_i64_saturating(v)), false),
+        other => {
+            return Err(InsertError::Other(Error::Backend(Box::new(
+                UnsupportedExpectedVersion(other),
+            ))));
+        }
+    };
+    let mut rows: Vec<(i64, i64)> = sqlx::query_as(APPEND_SQL)
+        .bind(stream.as_str())
+        .bind(&batch.ids)
+        .bind(&batch.types)
+        .bind(&batch.schema_versions)
+        .bind(&batch.payloads)
+        .bind(&batch.metadata)
+        .bind(exact)
+        .bind(must_exist)
+        .fetch_all(exec)
+        .await
+        .map_err(InsertError::Sql)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    rows.sort_unstable_by_key(|&(_, version)| version);
+    let last = rows.last().map_or(0, |&(_, v)| v);
+    let positions = rows
+        .iter()
+        .map(|&(p, _)| to_u64("global_position", p))
+        .collect::<Result<Vec<_>>>()
+        .map_err(InsertError::Other)?;
+    Ok(Some(AppendResult {
+        stream_version: to_u64("stream_version", last).map_err(InsertError::Other)?,
+        positions,
+    }))
+}
+
+/// Append within a transaction the caller holds, as the store's append
+/// statement does, without its retry and idempotency handling: for tests
+/// that delay a commit or roll back.
+///
+/// It must be the transaction's first write (refused otherwise): the
+/// per-stream order of the global log relies on the transaction id being
+/// assigned by the append itself.
+#[cfg(feature = "testing")]
+pub(crate) async fn append_in(
+    conn: &mut sqlx::PgConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult> {
+    let assigned: bool = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    if assigned {
+        return Err(Error::Backend(
+            "append_in must be the first write of its transaction".into(),
+        ));
+    }
+    let batch = Batch::new(&events)?;
+    match insert(&mut *conn, stream, expected, &batch).await {
+        Ok(Some(result)) => Ok(result),
+        Ok(None) => {
+            let actual = version_of(&mut *conn, stream).await?;
+            Err(conflict(stream, expected, actual))
+        }
+        Err(InsertError::Sql(e)) => Err(from_sqlx(e)),
+        Err(InsertError::Other(e)) => Err(e),
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.append_now(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM strata.events
+             WHERE stream_id = $1 AND stream_version >= $2
+             ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream.as_str())
+        .bind(to_i64_saturating(from_version))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        to_events(rows)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        version_of(&self.inner.pool, stream).await
+    }
+
+    async fn read_all(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+        // Only below the horizon: every transaction with a smaller id has
+        // ended, so nothing can still appear there (see the crate docs).
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM strata.events
+             WHERE global_position > $1
+               AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+             ORDER BY global_position LIMIT $2"
+        ))
+        .bind(to_i64_saturating(after_position))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        to_events(rows)
+    }
+
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        let row: Option<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM strata.events WHERE event_id = $1"
+        ))
+        .bind(event_id)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        row.map(RecordedEvent::try_from).transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let schema_version = i32::try_from(snapshot.schema_version)
+            .map_err(|_| crate::error::out_of_range("schema_version", snapshot.schema_version))?;
+        sqlx::query(
+            "INSERT INTO strata.snapshots (stream_id, stream_version, schema_version, state, taken_at)
+             VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (stream_id) DO UPDATE
+                SET stream_version = EXCLUDED.stream_version,
+                    schema_version = EXCLUDED.schema_version,
+                    state = EXCLUDED.state,
+                    taken_at = EXCLUDED.taken_at
+                WHERE strata.snapshots.stream_version <= EXCLUDED.stream_version",
+        )
+        .bind(snapshot.stream_id.as_str())
+        .bind(to_i64_saturating(snapshot.stream_version))
+        .bind(schema_version)
+        .bind(&snapshot.state)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        let row: Option<SnapshotRow> = sqlx::query_as(
+            "SELECT stream_id, stream_version, schema_version, state
+             FROM strata.snapshots WHERE stream_id = $1",
+        )
+        .bind(stream.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        row.map(Snapshot::try_from).transpose()
+    }
+
+    fn subscribe(&self, after_position: u64) -> Subscription {
+        let inner = self.inner.clone();
+        // Listen now when possible, so no commit between the first read and
+        // the first wait goes unnoticed; else on the first wait.
+        let rx = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|_| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let wait = move |_position: u64| {
+            let inner = inner.clone();
+            let rx = rx.clone();
+            async move {
+                let mut rx = rx.lock().await;
+                let rx = rx.get_or_insert_with(|| {
+                    inner.notifier.subscribe(&inner.pool, inner.poll_interval)
+                });
+                // A notification or the poll interval, whichever comes first.
+                let _ = tokio::time::timeout(inner.poll_interval, rx.changed()).await;
+                Ok(())
+            }
+        };
+        follow(self.clone(), after_position, self.inner.read_batch, wait)
+    }
+}

@@ -1,0 +1,75 @@
+//! Test support (feature `testing`): a fresh database per test, and an
+//! append inside a caller-held transaction.
+//!
+//! Every function reads the server to use from the `DATABASE_URL`
+//! environment variable and fails with a clear message when it is unset,
+//! so a test suite without a database fails instead of passing silently.
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use strata_core::error::BoxError;
+use strata_core::{AppendResult, ExpectedVersion, NewEvent, Result, StreamId};
+
+use crate::options::PgEventStoreOptions;
+use crate::store::PgEventStore;
+
+/// The value of `DATABASE_URL`, or an error saying how to get a server.
+pub fn database_url() -> Result<String, BoxError> {
+    std::env::var("DATABASE_URL").map_err(|_| {
+        "DATABASE_URL is not set: these tests need PostgreSQL; run `scripts/test`, or source \
+         scripts/pg-ephemeral.sh and call pg_ephemeral_start first"
+            .into()
+    })
+}
+
+/// Create a uniquely named, migrated database on the `DATABASE_URL` server
+/// and return its URL and name.
+pub async fn fresh_database_url() -> Result<(String, String), BoxError> {
+    let admin_url = database_url()?;
+    let name = format!("strata_test_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
+    admin.close().await?;
+    let url = PgConnectOptions::from_str(&admin_url)?
+        .database(&name)
+        .to_url_lossy()
+        .to_string();
+    let store = PgEventStoreOptions::new(url.clone()).max_connections(1).connect().await?;
+    store.migrate().await?;
+    store.pool().close().await;
+    Ok((url, name))
+}
+
+/// A store on a fresh, migrated database (see [`fresh_database_url`]),
+/// and the database's name.
+pub async fn fresh_database() -> Result<(PgEventStore, String), BoxError> {
+    fresh_database_with(|options| options).await
+}
+
+/// Like [`fresh_database`], with options adjusted by `tune` (pool size,
+/// poll interval, ...).
+pub async fn fresh_database_with(
+    tune: impl FnOnce(PgEventStoreOptions) -> PgEventStoreOptions,
+) -> Result<(PgEventStore, String), BoxError> {
+    let (url, name) = fresh_database_url().await?;
+    let store = tune(PgEventStoreOptions::new(url)).connect().await?;
+    Ok((store, name))
+}
+
+/// Append with the store's own statement inside a transaction the caller
+/// holds (begun with `BEGIN`, not yet committed), so a test can delay the
+/// commit or roll back. No retry and no idempotency handling: a rejected
+/// expected version is [`strata_core::Error::Conflict`], a unique violation
+/// a backend error (and the transaction must be rolled back).
+///
+/// It must be the transaction's first write, or it is refused.
+pub async fn append_in(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult> {
+    crate::store::append_in(conn, stream, expected, events).await
+}
