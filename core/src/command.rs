@@ -24,7 +24,8 @@ pub struct CommandHandlerOptions {
     /// Longest back-off delay.
     pub max_backoff: Duration,
     /// Save a snapshot each time the stream crosses a multiple of this many
-    /// events (`None`: never).
+    /// events. With `None` the handler neither saves nor loads snapshots
+    /// (saving a query per load when no snapshots exist).
     pub snapshot_every: Option<u64>,
     /// Page size when reading a stream.
     pub read_batch: usize,
@@ -160,14 +161,18 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         StreamId::for_aggregate(A::TYPE, id)
     }
 
-    /// Load aggregate `id`: its latest usable snapshot plus the events after
-    /// it. Returns the state and the stream version it reflects.
+    /// Load aggregate `id`: its latest usable snapshot (when snapshots are
+    /// enabled) plus the events after it. Returns the state and the stream version it reflects.
     pub async fn load(&self, id: &str) -> Result<(A, u64), Error> {
         self.load_stream(&Self::stream_id(id)?).await
     }
 
     async fn load_stream(&self, stream: &StreamId) -> Result<(A, u64), Error> {
-        let (mut state, mut version) = match self.store.load_snapshot(stream).await? {
+        let snapshot = match self.options.snapshot_every {
+            Some(_) => self.store.load_snapshot(stream).await?,
+            None => None,
+        };
+        let (mut state, mut version) = match snapshot {
             Some(s) if s.schema_version == A::SNAPSHOT_VERSION => {
                 match serde_json::from_value::<A>(s.state) {
                     Ok(state) => (state, s.stream_version),
