@@ -1,0 +1,546 @@
+//! `perf`: the PostgreSQL event store against a raw sqlx baseline.
+//!
+//! Needs `DATABASE_URL` (a server where it may create a database); run it
+//! through `scripts/bench`, which starts a throw-away server. Every figure is
+//! measured for the framework and for a baseline that does the same
+//! database work with plain sqlx statements (the same rows inserted into an
+//! identically indexed table, the same rows read), alternating the two over
+//! several rounds and keeping the median. Each figure is printed as one JSON
+//! line with `name`, `unit`, `framework`, `raw` and `ratio`
+//! (framework / raw; higher is better).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor, PgPool};
+use strata_core::{
+    Aggregate, CommandHandler, CommandHandlerOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Snapshot, StreamId, Upcasters,
+};
+use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
+use uuid::Uuid;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+const ROUNDS: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum CounterEvent {
+    Added { n: u64, note: String },
+}
+
+impl Event for CounterEvent {
+    fn event_type(&self) -> &'static str {
+        "Added"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Counter {
+    total: u64,
+}
+
+impl Aggregate for Counter {
+    const TYPE: &'static str = "counter";
+    type Command = u64;
+    type Event = CounterEvent;
+    type Error = Never;
+
+    fn decide(&self, n: &u64) -> Result<Vec<CounterEvent>, Never> {
+        Ok(vec![added(*n)])
+    }
+
+    fn apply(&mut self, CounterEvent::Added { n, .. }: &CounterEvent) {
+        self.total += n;
+    }
+}
+
+fn added(n: u64) -> CounterEvent {
+    CounterEvent::Added {
+        n,
+        note: "a payload of realistic size for a small domain event".to_owned(),
+    }
+}
+
+fn new_event(n: u64) -> NewEvent {
+    NewEvent::from_event(&added(n), Metadata::default()).expect("encodable event")
+}
+
+/// One measured side: operations, elapsed time, per-operation latencies.
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    ops: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> Option<f64> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        Some(l[i].as_secs_f64() * 1000.0)
+    }
+}
+
+fn median(mut samples: Vec<Sample>) -> Sample {
+    samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    samples.swap_remove(samples.len() / 2)
+}
+
+fn report(name: &str, unit: &str, framework: &Sample, raw: &Sample, extra: Value) {
+    let mut line = json!({
+        "name": name,
+        "unit": unit,
+        "framework": round(framework.rate()),
+        "raw": round(raw.rate()),
+        "ratio": (framework.rate() / raw.rate() * 1000.0).round() / 1000.0,
+        "ops": framework.ops,
+    });
+    if let Some(p50) = framework.percentile_ms(0.5) {
+        line["framework_p50_ms"] = json!(round3(p50));
+        line["framework_p99_ms"] = json!(round3(framework.percentile_ms(0.99).unwrap_or(p50)));
+        line["raw_p50_ms"] = json!(round3(raw.percentile_ms(0.5).unwrap_or(0.0)));
+        line["raw_p99_ms"] = json!(round3(raw.percentile_ms(0.99).unwrap_or(0.0)));
+    }
+    if let (Value::Object(line), Value::Object(extra)) = (&mut line, extra) {
+        line.extend(extra);
+    }
+    println!("{line}");
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Run `writers` tasks of `per_writer` operations each; `op(writer, i)`
+/// performs one operation and its latency is recorded.
+async fn run_writers<F, Fut>(writers: usize, per_writer: usize, op: F) -> Res<Sample>
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Res<()>> + Send,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_writer);
+                for i in 0..per_writer {
+                    let t = Instant::now();
+                    op(w, i).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, BoxError>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Sample {
+        ops: (writers * per_writer) as u64,
+        elapsed: start.elapsed(),
+        latencies,
+    })
+}
+
+/// The raw baseline's table: the framework's columns and indexes, with a
+/// plain identity column for the position and versions the caller computes.
+const RAW_SCHEMA: &str = "
+CREATE SCHEMA raw;
+CREATE TABLE raw.events (
+    global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    stream_id text NOT NULL,
+    stream_version bigint NOT NULL,
+    event_id uuid NOT NULL UNIQUE,
+    event_type text NOT NULL,
+    schema_version int NOT NULL,
+    payload jsonb NOT NULL,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (stream_id, stream_version)
+);
+CREATE TABLE raw.snapshots (
+    stream_id text PRIMARY KEY,
+    stream_version bigint NOT NULL,
+    schema_version int NOT NULL,
+    state jsonb NOT NULL,
+    taken_at timestamptz NOT NULL DEFAULT now()
+);";
+
+const RAW_INSERT: &str = "INSERT INTO raw.events
+    (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+const RAW_INSERT_BATCH: &str = "INSERT INTO raw.events
+    (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+    SELECT $1, $2 + e.ord, e.id, e.ty, e.sv, e.payload, e.metadata
+    FROM unnest($3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
+        WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)";
+
+const RAW_READ_STREAM: &str = "SELECT global_position, stream_version, event_id, event_type, schema_version,
+    payload, metadata, recorded_at FROM raw.events WHERE stream_id = $1 AND stream_version >= $2
+    ORDER BY stream_version";
+
+type RawRow = (
+    i64,
+    i64,
+    Uuid,
+    String,
+    i32,
+    Value,
+    Value,
+    // The raw side decodes `recorded_at` as the framework does.
+    chrono::DateTime<chrono::Utc>,
+);
+
+async fn raw_insert(pool: &PgPool, stream: &str, version: i64, e: &NewEvent) -> Res<()> {
+    sqlx::query(RAW_INSERT)
+        .bind(stream)
+        .bind(version)
+        .bind(e.event_id)
+        .bind(&e.event_type)
+        .bind(e.schema_version as i32)
+        .bind(&e.payload)
+        .bind(serde_json::to_value(&e.metadata)?)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn raw_insert_batch(pool: &PgPool, stream: &str, after: i64, events: &[NewEvent]) -> Res<()> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+    let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+    let metadata = events
+        .iter()
+        .map(|e| serde_json::to_value(&e.metadata))
+        .collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(RAW_INSERT_BATCH)
+        .bind(stream)
+        .bind(after)
+        .bind(ids)
+        .bind(types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadata)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Read a stream the raw way and fold it like the aggregate would.
+async fn raw_load(pool: &PgPool, stream: &str, from: i64, mut total: u64) -> Res<(u64, i64)> {
+    let rows: Vec<RawRow> = sqlx::query_as(RAW_READ_STREAM).bind(stream).bind(from).fetch_all(pool).await?;
+    let mut version = from - 1;
+    for row in rows {
+        let CounterEvent::Added { n, .. } = serde_json::from_value(serde_json::json!({ row.3: row.5 }))?;
+        total += n;
+        version = row.1;
+    }
+    Ok((total, version))
+}
+
+struct Bench {
+    store: PgEventStore,
+    pool: PgPool,
+}
+
+impl Bench {
+    fn sid(&self, name: String) -> StreamId {
+        StreamId::new(name).expect("valid stream id")
+    }
+
+    /// Single-event appends by `writers` writers on their own streams.
+    async fn single_appends(&self, writers: usize, per_writer: usize) -> Res<(Sample, Sample)> {
+        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let tag = Uuid::now_v7();
+            let pool = self.pool.clone();
+            raw.push(
+                run_writers(writers, per_writer, move |w, i| {
+                    let pool = pool.clone();
+                    async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
+                })
+                .await?,
+            );
+            let store = self.store.clone();
+            let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
+            fw.push(
+                run_writers(writers, per_writer, move |w, i| {
+                    let (store, stream) = (store.clone(), streams[w].clone());
+                    async move {
+                        store.append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)]).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
+        Ok((median(fw), median(raw)))
+    }
+
+    /// Batches of `size` events by `writers` writers on their own streams;
+    /// the samples count events.
+    async fn batch_appends(&self, writers: usize, batches: usize, size: usize) -> Res<(Sample, Sample)> {
+        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let tag = Uuid::now_v7();
+            let pool = self.pool.clone();
+            let mut r = run_writers(writers, batches, move |w, i| {
+                let pool = pool.clone();
+                async move {
+                    let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
+                    raw_insert_batch(&pool, &format!("raw-{tag}-{w}"), (i * size) as i64, &events).await
+                }
+            })
+            .await?;
+            let store = self.store.clone();
+            let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
+            let mut f = run_writers(writers, batches, move |w, i| {
+                let (store, stream) = (store.clone(), streams[w].clone());
+                async move {
+                    let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
+                    store.append(&stream, ExpectedVersion::Exact((i * size) as u64), events).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            r.ops *= size as u64;
+            f.ops *= size as u64;
+            raw.push(r);
+            fw.push(f);
+        }
+        Ok((median(fw), median(raw)))
+    }
+
+    /// Full command round trips (load, decide, append) over 64 aggregates
+    /// per writer.
+    async fn commands(&self, writers: usize, per_writer: usize) -> Res<(Sample, Sample)> {
+        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        let options = CommandHandlerOptions {
+            snapshot_every: None,
+            ..CommandHandlerOptions::default()
+        };
+        for _ in 0..ROUNDS {
+            let tag = Uuid::now_v7();
+            let pool = self.pool.clone();
+            raw.push(
+                run_writers(writers, per_writer, move |w, i| {
+                    let pool = pool.clone();
+                    async move {
+                        let stream = format!("raw-{tag}-{w}-{}", i % 64);
+                        let (total, version) = raw_load(&pool, &stream, 1, 0).await?;
+                        let event = new_event(total % 7 + 1);
+                        raw_insert(&pool, &stream, version + 1, &event).await
+                    }
+                })
+                .await?,
+            );
+            let handler =
+                CommandHandler::<Counter, _>::with_options(self.store.clone(), Upcasters::new(), options.clone());
+            fw.push(
+                run_writers(writers, per_writer, move |w, i| {
+                    let handler = handler.clone();
+                    async move {
+                        let id = format!("{tag}-{w}-{}", i % 64);
+                        let (state, _) = handler.load(&id).await?;
+                        handler.execute(&id, state.total % 7 + 1).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
+        Ok((median(fw), median(raw)))
+    }
+
+    /// Fill one framework stream and one raw stream with `len` events.
+    async fn long_streams(&self, len: usize) -> Res<(StreamId, String)> {
+        let tag = Uuid::now_v7();
+        let fw = self.sid(format!("counter-long-{tag}"));
+        let raw = format!("raw-long-{tag}");
+        for chunk in 0..len.div_ceil(1000) {
+            let n = (len - chunk * 1000).min(1000);
+            let events: Vec<_> = (0..n).map(|i| new_event(i as u64)).collect();
+            self.store.append(&fw, ExpectedVersion::Exact((chunk * 1000) as u64), events.clone()).await?;
+            let fresh: Vec<_> = events.iter().map(|_| new_event(1)).collect();
+            raw_insert_batch(&self.pool, &raw, (chunk * 1000) as i64, &fresh).await?;
+        }
+        Ok((fw, raw))
+    }
+
+    /// Loading a `len`-event stream, without or with a snapshot at its end.
+    async fn loads(&self, len: usize, snapshot: bool, loads: usize) -> Res<(Sample, Sample)> {
+        let (fw_stream, raw_stream) = self.long_streams(len).await?;
+        let id = fw_stream.as_str().trim_start_matches("counter-").to_owned();
+        let options = CommandHandlerOptions {
+            snapshot_every: snapshot.then_some(1_000_000),
+            ..CommandHandlerOptions::default()
+        };
+        let handler = CommandHandler::<Counter, _>::with_options(self.store.clone(), Upcasters::new(), options);
+        if snapshot {
+            let (state, version) = handler.load(&id).await?;
+            self.store
+                .save_snapshot(Snapshot {
+                    stream_id: fw_stream.clone(),
+                    stream_version: version,
+                    schema_version: Counter::SNAPSHOT_VERSION,
+                    state: serde_json::to_value(&state)?,
+                })
+                .await?;
+            sqlx::query("INSERT INTO raw.snapshots (stream_id, stream_version, schema_version, state) VALUES ($1, $2, 1, $3)")
+                .bind(&raw_stream)
+                .bind(len as i64)
+                .bind(serde_json::to_value(&state)?)
+                .execute(&self.pool)
+                .await?;
+        }
+        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let pool = self.pool.clone();
+            let raw_stream = raw_stream.clone();
+            raw.push(
+                run_writers(1, loads, move |_, _| {
+                    let (pool, stream) = (pool.clone(), raw_stream.clone());
+                    async move {
+                        let (total, from) = if snapshot {
+                            let (version, state): (i64, Value) = sqlx::query_as(
+                                "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
+                            )
+                            .bind(&stream)
+                            .fetch_one(&pool)
+                            .await?;
+                            (serde_json::from_value::<Counter>(state)?.total, version + 1)
+                        } else {
+                            (0, 1)
+                        };
+                        raw_load(&pool, &stream, from, total).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+            let handler = handler.clone();
+            let id = id.clone();
+            fw.push(
+                run_writers(1, loads, move |_, _| {
+                    let (handler, id) = (handler.clone(), id.clone());
+                    async move {
+                        handler.load(&id).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
+        Ok((median(fw), median(raw)))
+    }
+
+    /// Reading the whole global log from position 0 in pages of 1000.
+    async fn read_log(&self) -> Res<(Sample, Sample)> {
+        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            let mut after = 0i64;
+            let mut n = 0u64;
+            loop {
+                let rows: Vec<RawRow> = sqlx::query_as(
+                    "SELECT global_position, stream_version, event_id, event_type, schema_version,
+                        payload, metadata, recorded_at FROM raw.events WHERE global_position > $1
+                        ORDER BY global_position LIMIT 1000",
+                )
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.0;
+                n += rows.len() as u64;
+            }
+            raw.push(Sample { ops: n, elapsed: start.elapsed(), latencies: Vec::new() });
+            let start = Instant::now();
+            let mut after = 0u64;
+            let mut n = 0u64;
+            loop {
+                let page = self.store.read_all(after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.global_position;
+                n += page.len() as u64;
+            }
+            fw.push(Sample { ops: n, elapsed: start.elapsed(), latencies: Vec::new() });
+        }
+        Ok((median(fw), median(raw)))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set; run scripts/bench")?;
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    let admin = PgPoolOptions::new().max_connections(1).connect(&url).await?;
+    let db = format!("strata_bench_{}", Uuid::now_v7().simple());
+    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
+    let db_url = match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => return Err("DATABASE_URL has no database name".into()),
+    };
+    let store = PgEventStoreOptions::new(db_url.clone()).max_connections(20).connect().await?;
+    store.migrate().await?;
+    let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
+    pool.execute(RAW_SCHEMA).await?;
+    let bench = Bench { store, pool };
+
+    let (f, r) = bench.single_appends(1, 1500 / scale).await?;
+    report("append_single_1_writer", "events/s", &f, &r, json!({}));
+    let (f, r) = bench.single_appends(16, 200 / scale).await?;
+    report("append_single_16_writers", "events/s", &f, &r, json!({}));
+    let (f, r) = bench.batch_appends(1, 40 / scale, 100).await?;
+    report("append_batch100_1_writer", "events/s", &f, &r, json!({}));
+    let (f, r) = bench.batch_appends(8, 15 / scale, 100).await?;
+    report("append_batch100_8_writers", "events/s", &f, &r, json!({}));
+    let (f, r) = bench.commands(1, 1000 / scale).await?;
+    report("command_round_trip_1_writer", "commands/s", &f, &r, json!({}));
+    let (f, r) = bench.commands(16, 150 / scale).await?;
+    report("command_round_trip_16_writers", "commands/s", &f, &r, json!({}));
+    let (f, r) = bench.loads(10_000, false, 20 / scale.min(4)).await?;
+    report("load_10k_stream_no_snapshot", "loads/s", &f, &r, json!({ "stream_length": 10_000 }));
+    let (f1k, r1k) = bench.loads(1_000, true, 400 / scale).await?;
+    report("load_1k_stream_with_snapshot", "loads/s", &f1k, &r1k, json!({ "stream_length": 1_000 }));
+    let (f, r) = bench.loads(10_000, true, 400 / scale).await?;
+    report(
+        "load_10k_stream_with_snapshot",
+        "loads/s",
+        &f,
+        &r,
+        json!({ "stream_length": 10_000, "framework_rate_vs_1k_stream": round3(f.rate() / f1k.rate()) }),
+    );
+    let (f, r) = bench.read_log().await?;
+    report("read_global_log_from_0", "events/s", &f, &r, json!({ "events": f.ops }));
+
+    drop(bench);
+    admin.execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str()).await?;
+    Ok(())
+}
