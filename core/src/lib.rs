@@ -80,6 +80,10 @@ pub mod store;
 pub mod testing;
 pub mod upcast;
 
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}
+
 pub use aggregate::Aggregate;
 pub use bus::{BusConsumer, Delivery, InMemoryBus, MessageBus};
 pub use command::{CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome};
