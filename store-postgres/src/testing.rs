@@ -10,7 +10,7 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use strata_core::error::BoxError;
-use strata_core::{AppendResult, ExpectedVersion, NewEvent, Result, StreamId};
+use strata_core::{AppendResult, ExpectedVersion, Metadata, NewEvent, Result, StreamId};
 
 use crate::options::PgEventStoreOptions;
 use crate::store::PgEventStore;
@@ -72,4 +72,16 @@ pub async fn append_in(
     events: Vec<NewEvent>,
 ) -> Result<AppendResult> {
     crate::store::append_in(conn, stream, expected, events).await
+}
+
+/// An event of type `event_type` with a fresh id, schema version 1 and
+/// empty metadata.
+pub fn new_event(event_type: &str, payload: serde_json::Value) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        payload,
+        metadata: Metadata::default(),
+    }
 }

@@ -1,1 +1,169 @@
-fn main() {}
+//! `strata`: operator commands for a strata PostgreSQL event store.
+//!
+//! ```text
+//! strata migrate --database-url URL
+//! strata events stream --stream ID [--from-version N]
+//! strata events tail [--from-position N] [--follow]
+//! strata events horizon
+//! ```
+//!
+//! Events are printed as JSON lines, one `RecordedEvent` per line; the URL
+//! may also come from `DATABASE_URL`.
+
+use std::error::Error as StdError;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use strata_core::{EventStore, RecordedEvent, StreamId};
+use strata_store_postgres::PgEventStore;
+
+/// Operator commands for a strata PostgreSQL event store.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version)]
+struct Cli {
+    /// PostgreSQL URL of the event store's database.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the `strata` schema.
+    Migrate,
+    /// Read events.
+    #[command(subcommand)]
+    Events(Events),
+}
+
+#[derive(Debug, Subcommand)]
+enum Events {
+    /// Print the events of one stream, in version order.
+    Stream {
+        /// The stream id.
+        #[arg(long)]
+        stream: String,
+        /// First version to print.
+        #[arg(long, default_value_t = 1)]
+        from_version: u64,
+    },
+    /// Print the global log after a position, in log order.
+    Tail {
+        /// Print events with a position above this one.
+        #[arg(long, default_value_t = 0)]
+        from_position: u64,
+        /// Keep following new events instead of stopping at the end.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print the readable horizon of the global log and what holds it back.
+    Horizon,
+}
+
+const PAGE: usize = 500;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = format!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &(dyn StdError + 'static)) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let url = cli
+        .database_url
+        .ok_or("no database url: pass --database-url or set DATABASE_URL")?;
+    let store = PgEventStore::connect(&url).await?;
+    let mut out = io::stdout().lock();
+    match cli.command {
+        Command::Migrate => {
+            store.migrate().await?;
+            eprintln!("migrations applied");
+        }
+        Command::Events(Events::Stream {
+            stream,
+            from_version,
+        }) => {
+            let stream = StreamId::new(stream)?;
+            let mut next = from_version.max(1);
+            loop {
+                let page = store.read_stream(&stream, next, PAGE).await?;
+                for e in &page {
+                    print_event(&mut out, e)?;
+                    next = e.stream_version + 1;
+                }
+                if page.len() < PAGE {
+                    break;
+                }
+            }
+        }
+        Command::Events(Events::Tail {
+            from_position,
+            follow: false,
+        }) => {
+            let mut after = from_position;
+            loop {
+                let page = store.read_all(after, PAGE).await?;
+                for e in &page {
+                    print_event(&mut out, e)?;
+                    after = e.global_position;
+                }
+                if page.len() < PAGE {
+                    break;
+                }
+            }
+        }
+        Command::Events(Events::Tail {
+            from_position,
+            follow: true,
+        }) => {
+            let mut feed = store.subscribe(from_position);
+            while let Some(item) = feed.next().await {
+                match item {
+                    Ok(e) => {
+                        print_event(&mut out, &e)?;
+                        out.flush()?;
+                    }
+                    // The feed resumes after the last event it delivered.
+                    Err(e) => {
+                        eprintln!("warning: {e}, retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        Command::Events(Events::Horizon) => {
+            let horizon = store.horizon().await?;
+            writeln!(out, "{}", serde_json::to_string(&horizon)?)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_event(out: &mut impl Write, e: &RecordedEvent) -> Result<(), BoxError> {
+    writeln!(out, "{}", serde_json::to_string(e)?)?;
+    Ok(())
+}
