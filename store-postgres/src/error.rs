@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn pool_timeout_is_a_connection_error() {
-        assert!(matches!(from_sqlx(sqlx::Error::PoolTimedOut), Error::Connection(_)));
+        assert!(matches!(
+            from_sqlx(sqlx::Error::PoolTimedOut),
+            Error::Connection(_)
+        ));
         assert!(matches!(from_sqlx(sqlx::Error::RowNotFound), Error::Backend(_)));
     }
 

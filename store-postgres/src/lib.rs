@@ -91,7 +91,8 @@
 //! writer of `v + 1` after that commit, so its id, and position, is larger.
 //!
 //! **The cost.** Any transaction that holds a transaction id (that has
-//! written anything, in any table of the database) holds every reader back
+//! written anything, in any table of any database of the server: transaction
+//! ids and snapshots are server-wide) holds every reader back
 //! while it runs: events committed after it started stay invisible to
 //! `read_all` and subscriptions until it ends. Keep transactions short.
 //! [`PgEventStore::horizon`] reports the horizon, how many committed events

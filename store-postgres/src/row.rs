@@ -28,11 +28,12 @@ impl TryFrom<EventRow> for RecordedEvent {
     type Error = Error;
 
     fn try_from(row: EventRow) -> Result<Self> {
-        let metadata: Metadata = serde_json::from_value(row.metadata).map_err(|source| Error::Serialization {
-            op: "decode",
-            what: format!("metadata of event {}", row.event_id),
-            source,
-        })?;
+        let metadata: Metadata =
+            serde_json::from_value(row.metadata).map_err(|source| Error::Serialization {
+                op: "decode",
+                what: format!("metadata of event {}", row.event_id),
+                source,
+            })?;
         Ok(RecordedEvent {
             event_id: row.event_id,
             stream_id: StreamId::new(row.stream_id)?,
@@ -121,14 +122,20 @@ mod tests {
     fn odd_metadata_is_a_serialization_error() {
         let mut r = row();
         r.metadata = serde_json::json!({"correlation_id": 5});
-        assert!(matches!(RecordedEvent::try_from(r), Err(Error::Serialization { .. })));
+        assert!(matches!(
+            RecordedEvent::try_from(r),
+            Err(Error::Serialization { .. })
+        ));
     }
 
     #[test]
     fn stored_stream_id_with_control_char_is_refused() {
         let mut r = row();
         r.stream_id = "a\u{1}b".into();
-        assert!(matches!(RecordedEvent::try_from(r), Err(Error::InvalidStreamId { .. })));
+        assert!(matches!(
+            RecordedEvent::try_from(r),
+            Err(Error::InvalidStreamId { .. })
+        ));
     }
 
     #[test]

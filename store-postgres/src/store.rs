@@ -7,8 +7,8 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use strata_core::store::{follow, idempotent_outcome};
 use strata_core::{
-    AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot,
-    StreamId, Subscription,
+    AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot, StreamId,
+    Subscription,
 };
 use uuid::Uuid;
 
@@ -16,9 +16,7 @@ use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_uniqu
 use crate::horizon::Horizon;
 use crate::notify::Notifier;
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
-use crate::row::{
-    EVENT_COLUMNS, EventRow, SnapshotRow, limit, to_events, to_i64_saturating, to_u64,
-};
+use crate::row::{EVENT_COLUMNS, EventRow, SnapshotRow, limit, to_events, to_i64_saturating, to_u64};
 
 /// How many times an append that admits its expected version is tried
 /// again after a concurrent writer took the version it computed.
@@ -41,8 +39,7 @@ FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
 RETURNING global_position, stream_version";
 
-const VERSION_SQL: &str =
-    "SELECT coalesce(max(stream_version), 0) FROM strata.events WHERE stream_id = $1";
+const VERSION_SQL: &str = "SELECT coalesce(max(stream_version), 0) FROM strata.events WHERE stream_id = $1";
 
 #[derive(Debug)]
 struct Inner {
@@ -184,10 +181,12 @@ impl PgEventStore {
             };
         }
         let batch = Batch::new(&events)?;
-        let repeated_id = events
-            .iter()
-            .enumerate()
-            .find_map(|(i, e)| events[..i].iter().any(|p| p.event_id == e.event_id).then_some(e.event_id));
+        let repeated_id = events.iter().enumerate().find_map(|(i, e)| {
+            events[..i]
+                .iter()
+                .any(|p| p.event_id == e.event_id)
+                .then_some(e.event_id)
+        });
         for attempt in 1.. {
             if repeated_id.is_none() {
                 match insert(&self.inner.pool, stream, expected, &batch).await {
@@ -269,13 +268,13 @@ impl Batch {
                     .map_err(|_| crate::error::out_of_range("schema_version", e.schema_version))?,
             );
             b.payloads.push(e.payload.clone());
-            b.metadata.push(serde_json::to_value(&e.metadata).map_err(|source| {
-                Error::Serialization {
+            b.metadata.push(
+                serde_json::to_value(&e.metadata).map_err(|source| Error::Serialization {
                     op: "encode",
                     what: format!("metadata of event {}", e.event_id),
                     source,
-                }
-            })?);
+                })?,
+            );
         }
         Ok(b)
     }
@@ -478,9 +477,7 @@ impl EventStore for PgEventStore {
             let rx = rx.clone();
             async move {
                 let mut rx = rx.lock().await;
-                let rx = rx.get_or_insert_with(|| {
-                    inner.notifier.subscribe(&inner.pool, inner.poll_interval)
-                });
+                let rx = rx.get_or_insert_with(|| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
                 // A notification or the poll interval, whichever comes first.
                 let _ = tokio::time::timeout(inner.poll_interval, rx.changed()).await;
                 Ok(())

@@ -30,13 +30,18 @@ pub async fn fresh_database_url() -> Result<(String, String), BoxError> {
     let admin_url = database_url()?;
     let name = format!("strata_test_{}", uuid::Uuid::now_v7().simple());
     let mut admin = PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await?;
     admin.close().await?;
     let url = PgConnectOptions::from_str(&admin_url)?
         .database(&name)
         .to_url_lossy()
         .to_string();
-    let store = PgEventStoreOptions::new(url.clone()).max_connections(1).connect().await?;
+    let store = PgEventStoreOptions::new(url.clone())
+        .max_connections(1)
+        .connect()
+        .await?;
     store.migrate().await?;
     store.pool().close().await;
     Ok((url, name))

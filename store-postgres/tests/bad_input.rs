@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use strata_core::error::BoxError;
 use strata_core::{Error, Event, EventStore, ExpectedVersion, StreamId, Upcasters};
-use strata_store_postgres::testing::{fresh_database, fresh_database_with, new_event};
 use strata_store_postgres::PgEventStore;
+use strata_store_postgres::testing::{fresh_database, fresh_database_with, new_event};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum AccountEvent {
@@ -36,7 +36,10 @@ async fn stored_payload_that_no_longer_decodes_is_a_serialization_error() -> Res
     let events = store.read_stream(&StreamId::new("account-1")?, 1, 10).await?;
     assert_eq!(events.len(), 1);
     let err = events[0].decode::<AccountEvent>(&Upcasters::new()).unwrap_err();
-    assert!(matches!(err, Error::Serialization { op: "decode", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Serialization { op: "decode", .. }),
+        "{err:?}"
+    );
     Ok(())
 }
 
@@ -45,11 +48,18 @@ async fn unknown_event_type_is_a_typed_error() -> Result<(), BoxError> {
     let (store, _db) = fresh_database().await?;
     let stream = StreamId::new("account-2")?;
     store
-        .append(&stream, ExpectedVersion::NoStream, vec![new_event("Closed", json!({"why": "moved"}))])
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![new_event("Closed", json!({"why": "moved"}))],
+        )
         .await?;
     let events = store.read_stream(&stream, 1, 10).await?;
     let err = events[0].decode::<AccountEvent>(&Upcasters::new()).unwrap_err();
-    assert!(matches!(err, Error::UnknownEventType { ref event_type, .. } if event_type == "Closed"), "{err:?}");
+    assert!(
+        matches!(err, Error::UnknownEventType { ref event_type, .. } if event_type == "Closed"),
+        "{err:?}"
+    );
     Ok(())
 }
 
@@ -63,7 +73,10 @@ async fn oversized_payload_is_refused_and_nothing_is_stored() -> Result<(), BoxE
         .append(&stream, ExpectedVersion::Any, vec![small, big])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::PayloadTooLarge { limit: 1024, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::PayloadTooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
     assert_eq!(store.stream_version(&stream).await?, 0);
     assert!(store.read_all(0, 10).await?.is_empty());
     Ok(())
@@ -87,7 +100,11 @@ async fn stream_ids_with_odd_characters_round_trip() -> Result<(), BoxError> {
             continue;
         };
         store
-            .append(&stream, ExpectedVersion::NoStream, vec![new_event("Opened", json!({"owner": id}))])
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![new_event("Opened", json!({"owner": id}))],
+            )
             .await?;
         let events = store.read_stream(&stream, 1, 10).await?;
         assert_eq!(events.len(), 1, "{id:?}");
@@ -116,7 +133,12 @@ async fn odd_payloads_round_trip() -> Result<(), BoxError> {
     ];
     let events: Vec<_> = payloads.iter().map(|p| new_event("Odd", p.clone())).collect();
     store.append(&stream, ExpectedVersion::NoStream, events).await?;
-    let read: Vec<_> = store.read_stream(&stream, 1, 10).await?.into_iter().map(|e| e.payload).collect();
+    let read: Vec<_> = store
+        .read_stream(&stream, 1, 10)
+        .await?
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
     assert_eq!(read.len(), payloads.len());
     assert_eq!(read[0], json!(null));
     assert_eq!(read[2], payloads[2]);
@@ -138,9 +160,17 @@ async fn unreachable_server_is_a_connection_error() -> Result<(), BoxError> {
 
 #[tokio::test]
 async fn malformed_url_is_a_typed_error() -> Result<(), BoxError> {
-    for url in ["not a url", "postgres://host:notaport/db", "mysql://localhost/db", ""] {
+    for url in [
+        "not a url",
+        "postgres://host:notaport/db",
+        "mysql://localhost/db",
+        "",
+    ] {
         let err = PgEventStore::connect(url).await.unwrap_err();
-        assert!(matches!(err, Error::Connection(_) | Error::Backend(_)), "{url}: {err:?}");
+        assert!(
+            matches!(err, Error::Connection(_) | Error::Backend(_)),
+            "{url}: {err:?}"
+        );
     }
     Ok(())
 }

@@ -84,8 +84,14 @@ async fn concurrent_commands_on_one_stream_lose_nothing() -> Result<(), BoxError
     assert_eq!(versions, (1..=reported.len() as u64).collect::<Vec<_>>());
     let ids: HashSet<_> = stored.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), stored.len(), "duplicate event ids");
-    assert!(reported.iter().all(|id| ids.contains(id)), "an appended event is missing");
+    assert!(
+        reported.iter().all(|id| ids.contains(id)),
+        "an appended event is missing"
+    );
     let (counter, version) = handler.load("shared").await?;
-    assert_eq!((counter.total, version), (reported.len() as u64, reported.len() as u64));
+    assert_eq!(
+        (counter.total, version),
+        (reported.len() as u64, reported.len() as u64)
+    );
     Ok(())
 }

@@ -102,10 +102,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             store.migrate().await?;
             eprintln!("migrations applied");
         }
-        Command::Events(Events::Stream {
-            stream,
-            from_version,
-        }) => {
+        Command::Events(Events::Stream { stream, from_version }) => {
             let stream = StreamId::new(stream)?;
             let mut next = from_version.max(1);
             loop {
