@@ -1,0 +1,39 @@
+//! Subscriptions are woken by the commit notification, not only by polling.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use strata_core::error::BoxError;
+use strata_core::{EventStore, ExpectedVersion, StreamId};
+use strata_store_postgres::testing::{fresh_database_with, new_event};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_secs(600))).await?;
+    let stream = StreamId::new("notified")?;
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+        .await?;
+    let mut feed = store.subscribe(0);
+    let first = tokio::time::timeout(Duration::from_secs(20), feed.next())
+        .await?
+        .ok_or("feed ended")??;
+    assert_eq!(first.stream_version, 1);
+
+    // Caught up and waiting: only a notification can wake it in time.
+    let writer = store.clone();
+    let append = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        writer
+            .append(&stream, ExpectedVersion::Exact(1), vec![new_event("A", json!(2))])
+            .await
+    });
+    let second = tokio::time::timeout(Duration::from_secs(30), feed.next())
+        .await
+        .map_err(|_| "no notification woke the subscription")?
+        .ok_or("feed ended")??;
+    assert_eq!(second.stream_version, 2);
+    append.await??;
+    Ok(())
+}
