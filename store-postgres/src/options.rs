@@ -58,8 +58,8 @@ impl PgEventStoreOptions {
         }
     }
 
-    /// Size of the connection pool. A running subscription feed holds one
-    /// more connection, outside this count, for `LISTEN`.
+    /// Size of the connection pool. Once a subscription has started, one of
+    /// these connections is held for `LISTEN` for as long as the store lives.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self

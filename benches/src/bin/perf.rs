@@ -253,7 +253,11 @@ async fn raw_insert_batch(pool: &PgPool, stream: &str, after: i64, events: &[New
 
 /// Read a stream the raw way and fold it like the aggregate would.
 async fn raw_load(pool: &PgPool, stream: &str, from: i64, mut total: u64) -> Res<(u64, i64)> {
-    let rows: Vec<RawRow> = sqlx::query_as(RAW_READ_STREAM).bind(stream).bind(from).fetch_all(pool).await?;
+    let rows: Vec<RawRow> = sqlx::query_as(RAW_READ_STREAM)
+        .bind(stream)
+        .bind(from)
+        .fetch_all(pool)
+        .await?;
     let mut version = from - 1;
     for row in rows {
         let CounterEvent::Added { n, .. } = serde_json::from_value(serde_json::json!({ row.3: row.5 }))?;
@@ -292,7 +296,9 @@ impl Bench {
                 run_writers(writers, per_writer, move |w, i| {
                     let (store, stream) = (store.clone(), streams[w].clone());
                     async move {
-                        store.append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)]).await?;
+                        store
+                            .append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)])
+                            .await?;
                         Ok(())
                     }
                 })
@@ -323,7 +329,9 @@ impl Bench {
                 let (store, stream) = (store.clone(), streams[w].clone());
                 async move {
                     let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
-                    store.append(&stream, ExpectedVersion::Exact((i * size) as u64), events).await?;
+                    store
+                        .append(&stream, ExpectedVersion::Exact((i * size) as u64), events)
+                        .await?;
                     Ok(())
                 }
             })
@@ -359,8 +367,11 @@ impl Bench {
                 })
                 .await?,
             );
-            let handler =
-                CommandHandler::<Counter, _>::with_options(self.store.clone(), Upcasters::new(), options.clone());
+            let handler = CommandHandler::<Counter, _>::with_options(
+                self.store.clone(),
+                Upcasters::new(),
+                options.clone(),
+            );
             fw.push(
                 run_writers(writers, per_writer, move |w, i| {
                     let handler = handler.clone();
@@ -385,7 +396,9 @@ impl Bench {
         for chunk in 0..len.div_ceil(1000) {
             let n = (len - chunk * 1000).min(1000);
             let events: Vec<_> = (0..n).map(|i| new_event(i as u64)).collect();
-            self.store.append(&fw, ExpectedVersion::Exact((chunk * 1000) as u64), events.clone()).await?;
+            self.store
+                .append(&fw, ExpectedVersion::Exact((chunk * 1000) as u64), events.clone())
+                .await?;
             let fresh: Vec<_> = events.iter().map(|_| new_event(1)).collect();
             raw_insert_batch(&self.pool, &raw, (chunk * 1000) as i64, &fresh).await?;
         }
@@ -400,7 +413,8 @@ impl Bench {
             snapshot_every: snapshot.then_some(1_000_000),
             ..CommandHandlerOptions::default()
         };
-        let handler = CommandHandler::<Counter, _>::with_options(self.store.clone(), Upcasters::new(), options);
+        let handler =
+            CommandHandler::<Counter, _>::with_options(self.store.clone(), Upcasters::new(), options);
         if snapshot {
             let (state, version) = handler.load(&id).await?;
             self.store
@@ -479,7 +493,11 @@ impl Bench {
                 after = last.0;
                 n += rows.len() as u64;
             }
-            raw.push(Sample { ops: n, elapsed: start.elapsed(), latencies: Vec::new() });
+            raw.push(Sample {
+                ops: n,
+                elapsed: start.elapsed(),
+                latencies: Vec::new(),
+            });
             let start = Instant::now();
             let mut after = 0u64;
             let mut n = 0u64;
@@ -489,7 +507,11 @@ impl Bench {
                 after = last.global_position;
                 n += page.len() as u64;
             }
-            fw.push(Sample { ops: n, elapsed: start.elapsed(), latencies: Vec::new() });
+            fw.push(Sample {
+                ops: n,
+                elapsed: start.elapsed(),
+                latencies: Vec::new(),
+            });
         }
         Ok((median(fw), median(raw)))
     }
@@ -507,7 +529,10 @@ async fn main() -> Res<()> {
         Some((base, _)) => format!("{base}/{db}"),
         None => return Err("DATABASE_URL has no database name".into()),
     };
-    let store = PgEventStoreOptions::new(db_url.clone()).max_connections(20).connect().await?;
+    let store = PgEventStoreOptions::new(db_url.clone())
+        .max_connections(20)
+        .connect()
+        .await?;
     store.migrate().await?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
     pool.execute(RAW_SCHEMA).await?;
@@ -526,9 +551,21 @@ async fn main() -> Res<()> {
     let (f, r) = bench.commands(16, 150 / scale).await?;
     report("command_round_trip_16_writers", "commands/s", &f, &r, json!({}));
     let (f, r) = bench.loads(10_000, false, 20 / scale.min(4)).await?;
-    report("load_10k_stream_no_snapshot", "loads/s", &f, &r, json!({ "stream_length": 10_000 }));
+    report(
+        "load_10k_stream_no_snapshot",
+        "loads/s",
+        &f,
+        &r,
+        json!({ "stream_length": 10_000 }),
+    );
     let (f1k, r1k) = bench.loads(1_000, true, 400 / scale).await?;
-    report("load_1k_stream_with_snapshot", "loads/s", &f1k, &r1k, json!({ "stream_length": 1_000 }));
+    report(
+        "load_1k_stream_with_snapshot",
+        "loads/s",
+        &f1k,
+        &r1k,
+        json!({ "stream_length": 1_000 }),
+    );
     let (f, r) = bench.loads(10_000, true, 400 / scale).await?;
     report(
         "load_10k_stream_with_snapshot",
@@ -538,9 +575,17 @@ async fn main() -> Res<()> {
         json!({ "stream_length": 10_000, "framework_rate_vs_1k_stream": round3(f.rate() / f1k.rate()) }),
     );
     let (f, r) = bench.read_log().await?;
-    report("read_global_log_from_0", "events/s", &f, &r, json!({ "events": f.ops }));
+    report(
+        "read_global_log_from_0",
+        "events/s",
+        &f,
+        &r,
+        json!({ "events": f.ops }),
+    );
 
     drop(bench);
-    admin.execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str()).await?;
+    admin
+        .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())
+        .await?;
     Ok(())
 }
