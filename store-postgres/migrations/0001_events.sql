@@ -1,4 +1,4 @@
--- The event log, snapshots and the commit notification of strata.
+-- The event log and snapshots of strata.
 --
 -- `global_position` is not a sequence: the append computes it as
 -- `(writing transaction id << 20) | index in the batch`, which is what makes
@@ -27,18 +27,3 @@ CREATE TABLE strata.snapshots (
     state          jsonb       NOT NULL,
     taken_at       timestamptz NOT NULL DEFAULT now()
 );
-
--- One notification per appending statement, delivered at commit (and never
--- for a rolled back append). Subscribers also poll, so a lost notification
--- only delays them.
-CREATE FUNCTION strata.notify_events() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('strata_events', '');
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER events_notify
-    AFTER INSERT ON strata.events
-    FOR EACH STATEMENT EXECUTE FUNCTION strata.notify_events();

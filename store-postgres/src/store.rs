@@ -39,6 +39,19 @@ FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
 RETURNING global_position, stream_version";
 
+/// [`APPEND_SQL`] for a single event, with scalar parameters: unpacking
+/// arrays costs a single-event append about a fifth of its throughput.
+const APPEND_ONE_SQL: &str = "\
+WITH cur AS (
+    SELECT coalesce(max(stream_version), 0) AS v FROM strata.events WHERE stream_id = $1
+)
+INSERT INTO strata.events
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5, $6
+FROM cur
+WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
+RETURNING global_position, stream_version";
+
 const VERSION_SQL: &str = "SELECT coalesce(max(stream_version), 0) FROM strata.events WHERE stream_id = $1";
 
 #[derive(Debug)]
@@ -191,6 +204,7 @@ impl PgEventStore {
             if repeated_id.is_none() {
                 match insert(&self.inner.pool, stream, expected, &batch).await {
                     Ok(Some(result)) => {
+                        self.inner.notifier.appended(&self.inner.pool);
                         metrics::counter!("strata_store_appended_events_total")
                             .increment(events.len() as u64);
                         return Ok(result);
@@ -304,13 +318,24 @@ async fn insert<'e>(
             ))));
         }
     };
-    let mut rows: Vec<(i64, i64)> = sqlx::query_as(APPEND_SQL)
-        .bind(stream.as_str())
-        .bind(&batch.ids)
-        .bind(&batch.types)
-        .bind(&batch.schema_versions)
-        .bind(&batch.payloads)
-        .bind(&batch.metadata)
+    let query = if batch.ids.len() == 1 {
+        sqlx::query_as(APPEND_ONE_SQL)
+            .bind(stream.as_str())
+            .bind(batch.ids[0])
+            .bind(&batch.types[0])
+            .bind(batch.schema_versions[0])
+            .bind(&batch.payloads[0])
+            .bind(&batch.metadata[0])
+    } else {
+        sqlx::query_as(APPEND_SQL)
+            .bind(stream.as_str())
+            .bind(&batch.ids)
+            .bind(&batch.types)
+            .bind(&batch.schema_versions)
+            .bind(&batch.payloads)
+            .bind(&batch.metadata)
+    };
+    let mut rows: Vec<(i64, i64)> = query
         .bind(exact)
         .bind(must_exist)
         .fetch_all(exec)

@@ -4,13 +4,23 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
 use strata_core::error::BoxError;
 use strata_core::{EventStore, ExpectedVersion, StreamId};
+use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{fresh_database_with, new_event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Result<(), BoxError> {
     let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_secs(600))).await?;
+    // The writer is another store (another pool, as another process would
+    // be): only the `NOTIFY` it sends can reach the subscriber's listener.
+    let writer = PgEventStore::from_pool(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with((*store.pool().connect_options()).clone())
+            .await?,
+    );
     let stream = StreamId::new("notified")?;
     store
         .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
@@ -22,7 +32,6 @@ async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Resu
     assert_eq!(first.stream_version, 1);
 
     // Caught up and waiting: only a notification can wake it in time.
-    let writer = store.clone();
     let append = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         writer
