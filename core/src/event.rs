@@ -171,6 +171,21 @@ impl NewEvent {
     pub fn encoded_size(&self) -> usize {
         json_len(&self.payload) + serde_json::to_vec(&self.metadata).map_or(0, |v| v.len())
     }
+
+    /// [`Error::PayloadTooLarge`] if [`encoded_size`](Self::encoded_size)
+    /// exceeds `limit` bytes.
+    pub fn check_size(&self, limit: usize) -> Result<()> {
+        let size = self.encoded_size();
+        if size > limit {
+            return Err(Error::PayloadTooLarge {
+                event_id: self.event_id,
+                event_type: self.event_type.clone(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn json_len(v: &Value) -> usize {

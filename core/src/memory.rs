@@ -77,15 +77,7 @@ impl InMemoryEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         for e in &events {
-            let size = e.encoded_size();
-            if size > self.inner.max_event_size {
-                return Err(Error::PayloadTooLarge {
-                    event_id: e.event_id,
-                    event_type: e.event_type.clone(),
-                    size,
-                    limit: self.inner.max_event_size,
-                });
-            }
+            e.check_size(self.inner.max_event_size)?;
         }
         let mut st = self.state();
         let stored: Vec<RecordedEvent> = events
