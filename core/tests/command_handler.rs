@@ -24,6 +24,15 @@ fn options(max_retries: usize, snapshot_every: Option<u64>) -> CommandHandlerOpt
     }
 }
 
+/// Ada's open account holding `balance`.
+fn ada_with(balance: u64) -> BankAccount {
+    BankAccount {
+        owner: Some("ada".into()),
+        open: true,
+        balance,
+    }
+}
+
 async fn open(handler: &Handler<impl EventStore>, id: &str) -> Result<(), CommandError<BankError>> {
     handler
         .execute(id, BankCommand::Open { owner: "ada".into() })
@@ -159,17 +168,7 @@ async fn concurrent_submissions_of_one_command_id_append_once() -> Result<(), Bo
     // Losers either find the stored outcome or re-append the very same batch,
     // which the store treats as idempotent: every caller sees one outcome.
     assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
-    assert_eq!(
-        handler.load("acc").await?,
-        (
-            BankAccount {
-                owner: Some("ada".into()),
-                open: true,
-                balance: 3
-            },
-            2
-        )
-    );
+    assert_eq!(handler.load("acc").await?, (ada_with(3), 2));
     Ok(())
 }
 
@@ -226,17 +225,7 @@ async fn load_uses_snapshot_plus_tail() -> Result<(), Box<dyn std::error::Error>
         .await?
         .expect("a snapshot every 4 events");
     assert_eq!(snapshot.stream_version, 8);
-    assert_eq!(
-        handler.load("acc").await?,
-        (
-            BankAccount {
-                owner: Some("ada".into()),
-                open: true,
-                balance: 90
-            },
-            10
-        )
-    );
+    assert_eq!(handler.load("acc").await?, (ada_with(90), 10));
     // A doctored snapshot proves the loader starts from it.
     let mut doctored = snapshot.clone();
     doctored.state["balance"] = json!(1000);
@@ -252,17 +241,7 @@ async fn load_uses_snapshot_plus_tail() -> Result<(), Box<dyn std::error::Error>
             ..snapshot
         })
         .await?;
-    assert_eq!(
-        handler.load("acc").await?,
-        (
-            BankAccount {
-                owner: Some("ada".into()),
-                open: true,
-                balance: 90
-            },
-            10
-        )
-    );
+    assert_eq!(handler.load("acc").await?, (ada_with(90), 10));
     Ok(())
 }
 
