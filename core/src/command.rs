@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
 use crate::error::Error;
-use crate::event::{Envelope, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::store::{EventStore, ExpectedVersion, Snapshot};
 use crate::upcast::Upcasters;
 
@@ -189,9 +189,11 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             .read_stream_to_end(stream, version + 1, self.options.read_batch)
             .await?
         {
-            let envelope = recorded.decode::<A::Event>(&self.upcasters)?;
-            state.apply(&envelope.event);
             version = recorded.stream_version;
+            let event: A::Event =
+                self.upcasters
+                    .decode(&recorded.event_type, recorded.schema_version, recorded.payload)?;
+            state.apply(&event);
         }
         Ok((state, version))
     }
@@ -268,16 +270,18 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 });
             }
             let mut new_events = Vec::with_capacity(events.len());
+            let mut ids = Vec::with_capacity(events.len());
             for (i, e) in events.iter().enumerate() {
                 let mut new = NewEvent::from_event(e, metadata.clone())?;
                 if explicit_id {
                     new.event_id = derived_event_id(command_id, i as u64);
                 }
+                ids.push(new.event_id);
                 new_events.push(new);
             }
             match self
                 .store
-                .append(&stream, ExpectedVersion::Exact(version), new_events.clone())
+                .append(&stream, ExpectedVersion::Exact(version), new_events)
                 .await
             {
                 Ok(result) => {
@@ -286,19 +290,19 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     }
                     self.maybe_snapshot(&stream, version, result.stream_version, &state)
                         .await;
-                    let envelopes = new_events
+                    let envelopes = ids
                         .into_iter()
                         .zip(events)
                         .zip(result.positions.iter().copied())
                         .enumerate()
-                        .map(|(i, ((new, event), position))| Envelope {
-                            event_id: new.event_id,
+                        .map(|(i, ((event_id, event), position))| Envelope {
+                            event_id,
                             stream_id: stream.clone(),
                             stream_version: version + 1 + i as u64,
                             global_position: Some(position),
-                            event_type: new.event_type,
-                            schema_version: new.schema_version,
-                            metadata: new.metadata,
+                            event_type: event.event_type().to_owned(),
+                            schema_version: A::Event::current_version(event.event_type()),
+                            metadata: metadata.clone(),
                             recorded_at: None,
                             event,
                         })

@@ -167,15 +167,25 @@ impl NewEvent {
         })
     }
 
-    /// Encoded size of payload plus metadata, in bytes (what size limits count).
+    /// Encoded size of payload plus metadata, in bytes (what size limits
+    /// count). Counted while serializing, without allocating.
     pub fn encoded_size(&self) -> usize {
-        json_len(&self.payload) + serde_json::to_vec(&self.metadata).map_or(0, |v| v.len())
+        let mut counter = ByteCounter(0);
+        // Writing to a counter cannot fail, and neither can serializing a `Value`.
+        let _ = serde_json::to_writer(&mut counter, &self.payload);
+        let _ = serde_json::to_writer(&mut counter, &self.metadata);
+        counter.0
     }
 
     /// [`Error::PayloadTooLarge`] if [`encoded_size`](Self::encoded_size)
     /// exceeds `limit` bytes.
     pub fn check_size(&self, limit: usize) -> Result<()> {
-        let size = self.encoded_size();
+        self.check_encoded_size(self.encoded_size(), limit)
+    }
+
+    /// [`Error::PayloadTooLarge`] if `size`, this event's encoded size as
+    /// the caller measured it, exceeds `limit` bytes.
+    pub fn check_encoded_size(&self, size: usize, limit: usize) -> Result<()> {
         if size > limit {
             return Err(Error::PayloadTooLarge {
                 event_id: self.event_id,
@@ -188,8 +198,17 @@ impl NewEvent {
     }
 }
 
-fn json_len(v: &Value) -> usize {
-    serde_json::to_vec(v).map_or(0, |v| v.len())
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An event as stored: its envelope plus its raw payload.

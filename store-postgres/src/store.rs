@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use strata_core::store::{follow, idempotent_outcome};
 use strata_core::{
@@ -33,8 +32,8 @@ WITH cur AS (
 INSERT INTO strata.events
     (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
 SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, $1, cur.v + e.ord,
-       e.id, e.ty, e.sv, e.payload, e.metadata
-FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
+       e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
+FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
          WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
 RETURNING global_position, stream_version";
@@ -47,7 +46,7 @@ WITH cur AS (
 )
 INSERT INTO strata.events
     (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5, $6
+SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5::jsonb, $6::jsonb
 FROM cur
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
 RETURNING global_position, stream_version";
@@ -149,9 +148,6 @@ impl PgEventStore {
                 limit: MAX_BATCH_SIZE,
             });
         }
-        for e in events {
-            e.check_size(self.inner.max_event_size)?;
-        }
         Ok(())
     }
 
@@ -185,13 +181,11 @@ impl PgEventStore {
                 Err(conflict(stream, expected, actual))
             };
         }
-        let batch = Batch::new(&events)?;
-        let repeated_id = events.iter().enumerate().find_map(|(i, e)| {
-            events[..i]
-                .iter()
-                .any(|p| p.event_id == e.event_id)
-                .then_some(e.event_id)
-        });
+        let batch = Batch::new(&events, self.inner.max_event_size)?;
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        let repeated_id = events
+            .iter()
+            .find_map(|e| (!seen.insert(e.event_id)).then_some(e.event_id));
         for attempt in 1.. {
             if repeated_id.is_none() {
                 match insert(&self.inner.pool, stream, expected, &batch).await {
@@ -248,17 +242,19 @@ async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<
     to_u64("stream_version", v)
 }
 
-/// A batch encoded as the append's column arrays.
+/// A batch encoded as the append's column arrays. Payload and metadata are
+/// serialized once, to JSON text: that text is both what the size limit
+/// counts and what is sent (PostgreSQL parses it into `jsonb`).
 struct Batch {
     ids: Vec<Uuid>,
     types: Vec<String>,
     schema_versions: Vec<i32>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
+    payloads: Vec<String>,
+    metadata: Vec<String>,
 }
 
 impl Batch {
-    fn new(events: &[NewEvent]) -> Result<Self> {
+    fn new(events: &[NewEvent], max_event_size: usize) -> Result<Self> {
         let mut b = Batch {
             ids: Vec::with_capacity(events.len()),
             types: Vec::with_capacity(events.len()),
@@ -267,20 +263,24 @@ impl Batch {
             metadata: Vec::with_capacity(events.len()),
         };
         for e in events {
+            let encode = |what: &str, r: serde_json::Result<String>| {
+                r.map_err(|source| Error::Serialization {
+                    op: "encode",
+                    what: format!("{what} of event {}", e.event_id),
+                    source,
+                })
+            };
+            let payload = encode("payload", serde_json::to_string(&e.payload))?;
+            let metadata = encode("metadata", serde_json::to_string(&e.metadata))?;
+            e.check_encoded_size(payload.len() + metadata.len(), max_event_size)?;
             b.ids.push(e.event_id);
             b.types.push(e.event_type.clone());
             b.schema_versions.push(
                 i32::try_from(e.schema_version)
                     .map_err(|_| crate::error::out_of_range("schema_version", e.schema_version))?,
             );
-            b.payloads.push(e.payload.clone());
-            b.metadata.push(
-                serde_json::to_value(&e.metadata).map_err(|source| Error::Serialization {
-                    op: "encode",
-                    what: format!("metadata of event {}", e.event_id),
-                    source,
-                })?,
-            );
+            b.payloads.push(payload);
+            b.metadata.push(metadata);
         }
         Ok(b)
     }
@@ -372,7 +372,7 @@ pub(crate) async fn append_in(
             "append_in must be the first write of its transaction".into(),
         ));
     }
-    let batch = Batch::new(&events)?;
+    let batch = Batch::new(&events, usize::MAX)?;
     match insert(&mut *conn, stream, expected, &batch).await {
         Ok(Some(result)) => Ok(result),
         Ok(None) => {
