@@ -421,11 +421,18 @@ impl EventStore for PgEventStore {
     async fn read_all(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
         // Only below the horizon: every transaction with a smaller id has
         // ended, so nothing can still appear there (see the crate docs).
+        // The inner query is a plain ordered index scan that stops after
+        // `max_count` rows; the horizon then cuts a prefix of them. (With the
+        // horizon in the same WHERE clause the planner cannot estimate the
+        // range, and scans and sorts every row after the checkpoint.)
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM strata.events
-             WHERE global_position > $1
-               AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
-             ORDER BY global_position LIMIT $2"
+            "SELECT * FROM (
+                 SELECT {EVENT_COLUMNS} FROM strata.events
+                 WHERE global_position > $1
+                 ORDER BY global_position LIMIT $2
+             ) page
+             WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+             ORDER BY global_position"
         ))
         .bind(to_i64_saturating(after_position))
         .bind(limit(max_count))

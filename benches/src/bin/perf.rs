@@ -601,8 +601,12 @@ async fn main() -> Res<()> {
     }
 
     drop(bench);
-    admin
-        .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())
-        .await?;
+    if std::env::args().any(|a| a == "--keep") {
+        eprintln!("perf: kept database {db}");
+    } else {
+        admin
+            .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())
+            .await?;
+    }
     Ok(())
 }
