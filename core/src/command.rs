@@ -184,16 +184,21 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             }
             _ => (A::default(), 0),
         };
-        for recorded in self
-            .store
-            .read_stream_to_end(stream, version + 1, self.options.read_batch)
-            .await?
-        {
-            version = recorded.stream_version;
-            let event: A::Event =
-                self.upcasters
-                    .decode(&recorded.event_type, recorded.schema_version, recorded.payload)?;
-            state.apply(&event);
+        // Page by page: a long stream is never held in memory whole.
+        let batch = self.options.read_batch.max(1);
+        loop {
+            let page = self.store.read_stream(stream, version + 1, batch).await?;
+            let full = page.len() == batch;
+            for recorded in page {
+                version = recorded.stream_version;
+                let event: A::Event =
+                    self.upcasters
+                        .decode(&recorded.event_type, recorded.schema_version, recorded.payload)?;
+                state.apply(&event);
+            }
+            if !full {
+                break;
+            }
         }
         Ok((state, version))
     }

@@ -112,8 +112,8 @@
 //! delivered.
 //!
 //! The notification is sent after an append commits, by a task of the
-//! appending store that coalesces the appends of a 2 ms window into one
-//! `pg_notify`, and the store's own subscriptions are woken at once. It is
+//! appending store: the first append after a quiet spell is announced at
+//! once, then at most one `pg_notify` goes out per 10 ms, and the store's own subscriptions are woken at once. It is
 //! deliberately not sent inside the append: `NOTIFY` at commit takes a
 //! server-wide lock that serializes committing writers, and measured with
 //! 16 writers it halved append throughput. Appends made outside strata

@@ -9,15 +9,17 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-/// The channel the `strata.events` trigger notifies on commit.
+/// The channel appending stores notify after their appends commit.
 pub const CHANNEL: &str = "strata_events";
 
-/// Counts notifications (and reconnects, after which some may have been
-/// lost); a change means "read the log again".
-/// Longest delay between an append and the `NOTIFY` announcing it; appends
-/// within this window share one notification.
-const COALESCE: Duration = Duration::from_millis(2);
+/// After sending a notification, the publisher waits this long before the
+/// next: the first append after a quiet spell is announced at once, and a
+/// busy store sends at most one `NOTIFY` per interval.
+const COALESCE: Duration = Duration::from_millis(10);
 
+/// Counts notifications (and reconnects, after which some may have been
+/// lost); a change means "read the log again". Also publishes this store's
+/// appends to other processes.
 #[derive(Debug)]
 pub(crate) struct Notifier {
     tx: Arc<watch::Sender<u64>>,
@@ -79,7 +81,6 @@ impl Drop for Notifier {
 async fn publish(pool: PgPool, appended: Arc<Notify>) {
     loop {
         appended.notified().await;
-        tokio::time::sleep(COALESCE).await;
         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(&pool)
@@ -91,6 +92,7 @@ async fn publish(pool: PgPool, appended: Arc<Notify>) {
         if Arc::strong_count(&appended) == 1 {
             return;
         }
+        tokio::time::sleep(COALESCE).await;
     }
 }
 

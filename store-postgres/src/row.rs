@@ -14,10 +14,16 @@ use crate::error::out_of_range;
 pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, \
      event_type, schema_version, payload, metadata::text AS metadata, recorded_at";
 
+/// [`EVENT_COLUMNS`] for reading one stream, whose id the reader knows: the
+/// id is neither sent nor decoded again for every row.
+pub(crate) const STREAM_EVENT_COLUMNS: &str = "global_position, NULL::text AS stream_id, \
+     stream_version, event_id, event_type, schema_version, payload, metadata::text AS metadata, \
+     recorded_at";
+
 #[derive(Debug)]
 pub(crate) struct EventRow {
     global_position: i64,
-    stream_id: String,
+    stream_id: Option<String>,
     stream_version: i64,
     event_id: Uuid,
     event_type: String,
@@ -49,6 +55,19 @@ impl TryFrom<EventRow> for RecordedEvent {
     type Error = Error;
 
     fn try_from(row: EventRow) -> Result<Self> {
+        row.into_recorded(None)
+    }
+}
+
+impl EventRow {
+    /// The stored event; `stream` stands in for a stream id not selected.
+    fn into_recorded(self, stream: Option<&StreamId>) -> Result<RecordedEvent> {
+        let row = self;
+        let stream_id = match (row.stream_id, stream) {
+            (Some(id), _) => StreamId::new(id)?,
+            (None, Some(stream)) => stream.clone(),
+            (None, None) => return Err(Error::Backend("event row without a stream id".into())),
+        };
         let metadata: Metadata =
             serde_json::from_str(&row.metadata).map_err(|source| Error::Serialization {
                 op: "decode",
@@ -57,7 +76,7 @@ impl TryFrom<EventRow> for RecordedEvent {
             })?;
         Ok(RecordedEvent {
             event_id: row.event_id,
-            stream_id: StreamId::new(row.stream_id)?,
+            stream_id,
             stream_version: to_u64("stream_version", row.stream_version)?,
             global_position: to_u64("global_position", row.global_position)?,
             event_type: row.event_type,
@@ -71,7 +90,12 @@ impl TryFrom<EventRow> for RecordedEvent {
 }
 
 pub(crate) fn to_events(rows: Vec<EventRow>) -> Result<Vec<RecordedEvent>> {
-    rows.into_iter().map(RecordedEvent::try_from).collect()
+    rows.into_iter().map(|r| r.into_recorded(None)).collect()
+}
+
+/// Rows of one stream selected with [`STREAM_EVENT_COLUMNS`].
+pub(crate) fn to_stream_events(rows: Vec<EventRow>, stream: &StreamId) -> Result<Vec<RecordedEvent>> {
+    rows.into_iter().map(|r| r.into_recorded(Some(stream))).collect()
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -118,7 +142,7 @@ mod tests {
     fn row() -> EventRow {
         EventRow {
             global_position: 1 << 20 | 1,
-            stream_id: "s-1".into(),
+            stream_id: Some("s-1".into()),
             stream_version: 1,
             event_id: Uuid::nil(),
             event_type: "Added".into(),
@@ -152,7 +176,7 @@ mod tests {
     #[test]
     fn stored_stream_id_with_control_char_is_refused() {
         let mut r = row();
-        r.stream_id = "a\u{1}b".into();
+        r.stream_id = Some("a\u{1}b".into());
         assert!(matches!(
             RecordedEvent::try_from(r),
             Err(Error::InvalidStreamId { .. })

@@ -15,7 +15,10 @@ use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_uniqu
 use crate::horizon::Horizon;
 use crate::notify::Notifier;
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
-use crate::row::{EVENT_COLUMNS, EventRow, SnapshotRow, limit, to_events, to_i64_saturating, to_u64};
+use crate::row::{
+    EVENT_COLUMNS, EventRow, STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events, to_i64_saturating,
+    to_stream_events, to_u64,
+};
 
 /// How many times an append that admits its expected version is tried
 /// again after a concurrent writer took the version it computed.
@@ -401,7 +404,7 @@ impl EventStore for PgEventStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM strata.events
+            "SELECT {STREAM_EVENT_COLUMNS} FROM strata.events
              WHERE stream_id = $1 AND stream_version >= $2
              ORDER BY stream_version LIMIT $3"
         ))
@@ -411,7 +414,7 @@ impl EventStore for PgEventStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(from_sqlx)?;
-        to_events(rows)
+        to_stream_events(rows, stream)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {

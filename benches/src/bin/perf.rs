@@ -573,7 +573,7 @@ async fn main() -> Res<()> {
         let extra = json!({ "stream_length": 10_000 });
         report("load_10k_stream_no_snapshot", "loads/s", &f, &r, extra);
     }
-    if wanted("with_snapshot") {
+    if wanted("load_1k_stream_with_snapshot") || wanted("load_10k_stream_with_snapshot") {
         let (f1k, r1k) = bench.loads(1_000, true, 400 / scale).await?;
         let extra = json!({ "stream_length": 1_000 });
         report("load_1k_stream_with_snapshot", "loads/s", &f1k, &r1k, extra);
