@@ -4,10 +4,14 @@
 //! through `scripts/bench`, which starts a throw-away server. Every figure is
 //! measured for the framework and for a baseline that does the same
 //! database work with plain sqlx statements (the same rows inserted into an
-//! identically indexed table, the same rows read), alternating the two over
-//! several rounds and keeping the median. Each figure is printed as one JSON
-//! line with `name`, `unit`, `framework`, `raw` and `ratio`
-//! (framework / raw; higher is better).
+//! identically indexed table, the same rows read). Each of five rounds runs
+//! the two back to back, alternating which goes first. Each figure is
+//! printed as one JSON line with `name`, `unit`, `framework` and `raw` (the
+//! median rates), `ratio` (the median of the per-round ratios framework /
+//! raw; higher is better) and `ratio_min`/`ratio_max`.
+//!
+//! Arguments: `--quick` does a tenth of the work; `--keep` keeps the
+//! database; any other argument selects the figures whose name contains it.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ use uuid::Uuid;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum CounterEvent {
@@ -99,18 +103,70 @@ impl Sample {
     }
 }
 
-fn median(mut samples: Vec<Sample>) -> Sample {
-    samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    samples.swap_remove(samples.len() / 2)
+fn median(samples: &[Sample]) -> Sample {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    sorted.swap_remove(sorted.len() / 2)
 }
 
-fn report(name: &str, unit: &str, framework: &Sample, raw: &Sample, extra: Value) {
+/// Both sides of a figure, measured round by round, each round running the
+/// two back to back (which side goes first alternates), so that a drift in
+/// the machine's load hits both sides of a round alike.
+#[derive(Debug, Default)]
+struct Rounds {
+    fw: Vec<Sample>,
+    raw: Vec<Sample>,
+}
+
+impl Rounds {
+    async fn run(
+        &mut self,
+        raw: impl Future<Output = Res<Sample>>,
+        fw: impl Future<Output = Res<Sample>>,
+    ) -> Res<()> {
+        let (r, f) = if self.fw.len() % 2 == 0 {
+            let r = raw.await?;
+            (r, fw.await?)
+        } else {
+            let f = fw.await?;
+            (raw.await?, f)
+        };
+        self.raw.push(r);
+        self.fw.push(f);
+        Ok(())
+    }
+
+    fn framework(&self) -> Sample {
+        median(&self.fw)
+    }
+
+    /// Per-round ratios framework / raw, sorted.
+    fn ratios(&self) -> Vec<f64> {
+        let mut r: Vec<f64> = self
+            .fw
+            .iter()
+            .zip(&self.raw)
+            .map(|(f, r)| f.rate() / r.rate())
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r
+    }
+}
+
+/// Print a figure: the median rate of each side, and as `ratio` the median
+/// of the per-round ratios (with their range).
+fn report(name: &str, unit: &str, rounds: &Rounds, extra: Value) {
+    let (framework, raw) = (median(&rounds.fw), median(&rounds.raw));
+    let ratios = rounds.ratios();
     let mut line = json!({
         "name": name,
         "unit": unit,
         "framework": round(framework.rate()),
         "raw": round(raw.rate()),
-        "ratio": (framework.rate() / raw.rate() * 1000.0).round() / 1000.0,
+        "ratio": round3(ratios[ratios.len() / 2]),
+        "ratio_min": round3(ratios[0]),
+        "ratio_max": round3(ratios[ratios.len() - 1]),
+        "rounds": ratios.len(),
         "ops": framework.ops,
     });
     if let Some(p50) = framework.percentile_ms(0.5) {
@@ -279,54 +335,54 @@ impl Bench {
     }
 
     /// Single-event appends by `writers` writers on their own streams.
-    async fn single_appends(&self, writers: usize, per_writer: usize) -> Res<(Sample, Sample)> {
-        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+    async fn single_appends(&self, writers: usize, per_writer: usize) -> Res<Rounds> {
+        let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
-            raw.push(
-                run_writers(writers, per_writer, move |w, i| {
-                    let pool = pool.clone();
-                    async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
-                })
-                .await?,
-            );
+            let raw = run_writers(writers, per_writer, move |w, i| {
+                let pool = pool.clone();
+                async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
+            });
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
-            fw.push(
-                run_writers(writers, per_writer, move |w, i| {
-                    let (store, stream) = (store.clone(), streams[w].clone());
-                    async move {
-                        store
-                            .append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)])
-                            .await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
+            let fw = run_writers(writers, per_writer, move |w, i| {
+                let (store, stream) = (store.clone(), streams[w].clone());
+                async move {
+                    store
+                        .append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)])
+                        .await?;
+                    Ok(())
+                }
+            });
+            rounds.run(raw, fw).await?;
         }
-        Ok((median(fw), median(raw)))
+        Ok(rounds)
     }
 
     /// Batches of `size` events by `writers` writers on their own streams;
     /// the samples count events.
-    async fn batch_appends(&self, writers: usize, batches: usize, size: usize) -> Res<(Sample, Sample)> {
-        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+    async fn batch_appends(&self, writers: usize, batches: usize, size: usize) -> Res<Rounds> {
+        let mut rounds = Rounds::default();
+        let per_event = |sample: Res<Sample>| {
+            sample.map(|mut s| {
+                s.ops *= size as u64;
+                s
+            })
+        };
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
-            let mut r = run_writers(writers, batches, move |w, i| {
+            let raw = run_writers(writers, batches, move |w, i| {
                 let pool = pool.clone();
                 async move {
                     let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
                     raw_insert_batch(&pool, &format!("raw-{tag}-{w}"), (i * size) as i64, &events).await
                 }
-            })
-            .await?;
+            });
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
-            let mut f = run_writers(writers, batches, move |w, i| {
+            let fw = run_writers(writers, batches, move |w, i| {
                 let (store, stream) = (store.clone(), streams[w].clone());
                 async move {
                     let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
@@ -335,20 +391,18 @@ impl Bench {
                         .await?;
                     Ok(())
                 }
-            })
-            .await?;
-            r.ops *= size as u64;
-            f.ops *= size as u64;
-            raw.push(r);
-            fw.push(f);
+            });
+            rounds
+                .run(async { per_event(raw.await) }, async { per_event(fw.await) })
+                .await?;
         }
-        Ok((median(fw), median(raw)))
+        Ok(rounds)
     }
 
     /// Full command round trips (load, decide, append) over 64 aggregates
     /// per writer.
-    async fn commands(&self, writers: usize, per_writer: usize) -> Res<(Sample, Sample)> {
-        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+    async fn commands(&self, writers: usize, per_writer: usize) -> Res<Rounds> {
+        let mut rounds = Rounds::default();
         let options = CommandHandlerOptions {
             snapshot_every: None,
             ..CommandHandlerOptions::default()
@@ -356,36 +410,31 @@ impl Bench {
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
-            raw.push(
-                run_writers(writers, per_writer, move |w, i| {
-                    let pool = pool.clone();
-                    async move {
-                        let stream = format!("raw-{tag}-{w}-{}", i % 64);
-                        let (total, version) = raw_load(&pool, &stream, 1, 0).await?;
-                        let event = new_event(total % 7 + 1);
-                        raw_insert(&pool, &stream, version + 1, &event).await
-                    }
-                })
-                .await?,
-            );
+            let raw = run_writers(writers, per_writer, move |w, i| {
+                let pool = pool.clone();
+                async move {
+                    let stream = format!("raw-{tag}-{w}-{}", i % 64);
+                    let (total, version) = raw_load(&pool, &stream, 1, 0).await?;
+                    let event = new_event(total % 7 + 1);
+                    raw_insert(&pool, &stream, version + 1, &event).await
+                }
+            });
             let handler = CommandHandler::<Counter, _>::with_options(
                 self.store.clone(),
                 Upcasters::new(),
                 options.clone(),
             );
-            fw.push(
-                run_writers(writers, per_writer, move |w, i| {
-                    let handler = handler.clone();
-                    async move {
-                        let id = format!("{tag}-{w}-{}", i % 64);
-                        handler.execute(&id, 1).await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
+            let fw = run_writers(writers, per_writer, move |w, i| {
+                let handler = handler.clone();
+                async move {
+                    let id = format!("{tag}-{w}-{}", i % 64);
+                    handler.execute(&id, 1).await?;
+                    Ok(())
+                }
+            });
+            rounds.run(raw, fw).await?;
         }
-        Ok((median(fw), median(raw)))
+        Ok(rounds)
     }
 
     /// Fill one framework stream and one raw stream with `len` events.
@@ -406,7 +455,7 @@ impl Bench {
     }
 
     /// Loading a `len`-event stream, without or with a snapshot at its end.
-    async fn loads(&self, len: usize, snapshot: bool, loads: usize) -> Res<(Sample, Sample)> {
+    async fn loads(&self, len: usize, snapshot: bool, loads: usize) -> Res<Rounds> {
         let (fw_stream, raw_stream) = self.long_streams(len).await?;
         let id = fw_stream.as_str().trim_start_matches("counter-").to_owned();
         let options = CommandHandlerOptions {
@@ -432,88 +481,88 @@ impl Bench {
                 .execute(&self.pool)
                 .await?;
         }
-        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
             let pool = self.pool.clone();
             let raw_stream = raw_stream.clone();
-            raw.push(
-                run_writers(1, loads, move |_, _| {
-                    let (pool, stream) = (pool.clone(), raw_stream.clone());
-                    async move {
-                        let (total, from) = if snapshot {
-                            let (version, state): (i64, Value) = sqlx::query_as(
-                                "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
-                            )
-                            .bind(&stream)
-                            .fetch_one(&pool)
-                            .await?;
-                            (serde_json::from_value::<Counter>(state)?.total, version + 1)
-                        } else {
-                            (0, 1)
-                        };
-                        raw_load(&pool, &stream, from, total).await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
+            let raw = run_writers(1, loads, move |_, _| {
+                let (pool, stream) = (pool.clone(), raw_stream.clone());
+                async move {
+                    let (total, from) = if snapshot {
+                        let (version, state): (i64, Value) = sqlx::query_as(
+                            "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
+                        )
+                        .bind(&stream)
+                        .fetch_one(&pool)
+                        .await?;
+                        (serde_json::from_value::<Counter>(state)?.total, version + 1)
+                    } else {
+                        (0, 1)
+                    };
+                    raw_load(&pool, &stream, from, total).await?;
+                    Ok(())
+                }
+            });
             let handler = handler.clone();
             let id = id.clone();
-            fw.push(
-                run_writers(1, loads, move |_, _| {
-                    let (handler, id) = (handler.clone(), id.clone());
-                    async move {
-                        handler.load(&id).await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
+            let fw = run_writers(1, loads, move |_, _| {
+                let (handler, id) = (handler.clone(), id.clone());
+                async move {
+                    handler.load(&id).await?;
+                    Ok(())
+                }
+            });
+            rounds.run(raw, fw).await?;
         }
-        Ok((median(fw), median(raw)))
+        Ok(rounds)
     }
 
     /// Reading the whole global log from position 0 in pages of 1000.
-    async fn read_log(&self) -> Res<(Sample, Sample)> {
-        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+    async fn read_log(&self) -> Res<Rounds> {
+        let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
-            let start = Instant::now();
-            let mut after = 0i64;
-            let mut n = 0u64;
-            loop {
-                let rows: Vec<RawRow> = sqlx::query_as(
-                    "SELECT global_position, stream_version, event_id, event_type, schema_version,
-                        payload, metadata, recorded_at FROM raw.events WHERE global_position > $1
-                        ORDER BY global_position LIMIT 1000",
-                )
-                .bind(after)
-                .fetch_all(&self.pool)
-                .await?;
-                let Some(last) = rows.last() else { break };
-                after = last.0;
-                n += rows.len() as u64;
-            }
-            raw.push(Sample {
-                ops: n,
-                elapsed: start.elapsed(),
-                latencies: Vec::new(),
-            });
-            let start = Instant::now();
-            let mut after = 0u64;
-            let mut n = 0u64;
-            loop {
-                let page = self.store.read_all(after, 1000).await?;
-                let Some(last) = page.last() else { break };
-                after = last.global_position;
-                n += page.len() as u64;
-            }
-            fw.push(Sample {
-                ops: n,
-                elapsed: start.elapsed(),
-                latencies: Vec::new(),
-            });
+            let raw = async {
+                let start = Instant::now();
+                let mut after = 0i64;
+                let mut n = 0u64;
+                loop {
+                    let rows: Vec<RawRow> = sqlx::query_as(
+                        "SELECT global_position, stream_version, event_id, event_type, schema_version,
+                            payload, metadata, recorded_at FROM raw.events WHERE global_position > $1
+                            ORDER BY global_position LIMIT 1000",
+                    )
+                    .bind(after)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.0;
+                    n += rows.len() as u64;
+                }
+                Ok(Sample {
+                    ops: n,
+                    elapsed: start.elapsed(),
+                    latencies: Vec::new(),
+                })
+            };
+            let fw = async {
+                let start = Instant::now();
+                let mut after = 0u64;
+                let mut n = 0u64;
+                loop {
+                    let page = self.store.read_all(after, 1000).await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.global_position;
+                    n += page.len() as u64;
+                }
+                Ok(Sample {
+                    ops: n,
+                    elapsed: start.elapsed(),
+                    latencies: Vec::new(),
+                })
+            };
+            rounds.run(raw, fw).await?;
         }
-        Ok((median(fw), median(raw)))
+        Ok(rounds)
     }
 }
 
@@ -545,42 +594,41 @@ async fn main() -> Res<()> {
     let bench = Bench { store, pool };
 
     if wanted("append_single_1_writer") {
-        let (f, r) = bench.single_appends(1, 1500 / scale).await?;
-        report("append_single_1_writer", "events/s", &f, &r, json!({}));
+        let rounds = bench.single_appends(1, 1500 / scale).await?;
+        report("append_single_1_writer", "events/s", &rounds, json!({}));
     }
     if wanted("append_single_16_writers") {
-        let (f, r) = bench.single_appends(16, 200 / scale).await?;
-        report("append_single_16_writers", "events/s", &f, &r, json!({}));
+        let rounds = bench.single_appends(16, 200 / scale).await?;
+        report("append_single_16_writers", "events/s", &rounds, json!({}));
     }
     if wanted("append_batch100_1_writer") {
-        let (f, r) = bench.batch_appends(1, 40 / scale, 100).await?;
-        report("append_batch100_1_writer", "events/s", &f, &r, json!({}));
+        let rounds = bench.batch_appends(1, 40 / scale, 100).await?;
+        report("append_batch100_1_writer", "events/s", &rounds, json!({}));
     }
     if wanted("append_batch100_8_writers") {
-        let (f, r) = bench.batch_appends(8, 15 / scale, 100).await?;
-        report("append_batch100_8_writers", "events/s", &f, &r, json!({}));
+        let rounds = bench.batch_appends(8, 15 / scale, 100).await?;
+        report("append_batch100_8_writers", "events/s", &rounds, json!({}));
     }
     if wanted("command_round_trip_1_writer") {
-        let (f, r) = bench.commands(1, 1000 / scale).await?;
-        report("command_round_trip_1_writer", "commands/s", &f, &r, json!({}));
+        let rounds = bench.commands(1, 1000 / scale).await?;
+        report("command_round_trip_1_writer", "commands/s", &rounds, json!({}));
     }
     if wanted("command_round_trip_16_writers") {
-        let (f, r) = bench.commands(16, 150 / scale).await?;
-        report("command_round_trip_16_writers", "commands/s", &f, &r, json!({}));
+        let rounds = bench.commands(16, 150 / scale).await?;
+        report("command_round_trip_16_writers", "commands/s", &rounds, json!({}));
     }
     if wanted("load_10k_stream_no_snapshot") {
-        let (f, r) = bench.loads(10_000, false, 20 / scale.min(4)).await?;
+        let rounds = bench.loads(10_000, false, 20 / scale.min(4)).await?;
         let extra = json!({ "stream_length": 10_000 });
-        report("load_10k_stream_no_snapshot", "loads/s", &f, &r, extra);
+        report("load_10k_stream_no_snapshot", "loads/s", &rounds, extra);
     }
     if wanted("load_1k_stream_with_snapshot") || wanted("load_10k_stream_with_snapshot") {
-        let (f1k, r1k) = bench.loads(1_000, true, 400 / scale).await?;
+        let rounds_1k = bench.loads(1_000, true, 400 / scale).await?;
         let extra = json!({ "stream_length": 1_000 });
-        report("load_1k_stream_with_snapshot", "loads/s", &f1k, &r1k, extra);
-        let (f, r) = bench.loads(10_000, true, 400 / scale).await?;
-        let extra =
-            json!({ "stream_length": 10_000, "framework_rate_vs_1k_stream": round3(f.rate() / f1k.rate()) });
-        report("load_10k_stream_with_snapshot", "loads/s", &f, &r, extra);
+        report("load_1k_stream_with_snapshot", "loads/s", &rounds_1k, extra);
+        let rounds = bench.loads(10_000, true, 400 / scale).await?;
+        let extra = json!({ "stream_length": 10_000, "framework_rate_vs_1k_stream": round3(rounds.framework().rate() / rounds_1k.framework().rate()) });
+        report("load_10k_stream_with_snapshot", "loads/s", &rounds, extra);
     }
     if wanted("read_global_log_from_0") {
         // The log the figures above left behind, topped up when they were skipped.
@@ -590,13 +638,12 @@ async fn main() -> Res<()> {
         if stored < 20_000 {
             bench.batch_appends(8, 10, 100).await?;
         }
-        let (f, r) = bench.read_log().await?;
+        let rounds = bench.read_log().await?;
         report(
             "read_global_log_from_0",
             "events/s",
-            &f,
-            &r,
-            json!({ "events": f.ops }),
+            &rounds,
+            json!({ "events": rounds.framework().ops }),
         );
     }
 
