@@ -102,28 +102,39 @@ fn bump(tx: &watch::Sender<u64>) {
 
 async fn listen(pool: PgPool, tx: Arc<watch::Sender<u64>>, retry: Duration) {
     loop {
-        match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(CHANNEL).await {
-                Ok(()) => {
-                    // Events may have committed while nobody listened.
-                    bump(&tx);
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(_)) => bump(&tx),
-                            // Reconnected: notifications may have been lost.
-                            Ok(None) => bump(&tx),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "strata_events listener failed, reconnecting");
-                                bump(&tx);
-                                break;
-                            }
-                        }
-                    }
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
+            Ok(listener) => listener,
+            Err(e) => {
+                // Subscribers go on polling meanwhile.
+                tracing::warn!(error = %e, "cannot listen on strata_events, retrying");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        // Only now that LISTEN is in place: whatever committed while nobody
+        // listened is found by the read this wake-up causes, and whatever
+        // commits later is announced on this connection.
+        bump(&tx);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => bump(&tx),
+                // The connection was lost. sqlx would re-listen lazily on the
+                // next call; reconnecting here instead means subscribers are
+                // woken after LISTEN is back, never before.
+                Ok(None) => {
+                    tracing::warn!("strata_events listener connection lost, reconnecting");
+                    break;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot listen on strata_events"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot connect the strata_events listener"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "strata_events listener failed, reconnecting");
+                    break;
+                }
+            }
         }
-        tokio::time::sleep(retry).await;
     }
 }

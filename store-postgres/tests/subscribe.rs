@@ -46,3 +46,53 @@ async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Resu
     append.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_the_loss_of_its_listener_connection() -> Result<(), BoxError> {
+    // Polling is pushed out of reach: only a re-established LISTEN can wake
+    // the subscription in time.
+    let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_secs(600))).await?;
+    let writer = PgEventStore::from_pool(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with((*store.pool().connect_options()).clone())
+            .await?,
+    );
+    let stream = StreamId::new("reconnect")?;
+    writer
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+        .await?;
+    let mut feed = store.subscribe(0);
+    let first = tokio::time::timeout(Duration::from_secs(20), feed.next())
+        .await?
+        .ok_or("feed ended")??;
+    assert_eq!(first.stream_version, 1);
+
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(writer.pool())
+    .await?;
+    assert_eq!(killed, 1, "the subscription's LISTEN connection must be found");
+
+    // Events appended right after the loss, and later, all arrive, once each.
+    for version in 2..=4u64 {
+        if version == 4 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        writer
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version - 1),
+                vec![new_event("A", json!(version))],
+            )
+            .await?;
+        let next = tokio::time::timeout(Duration::from_secs(30), feed.next())
+            .await
+            .map_err(|_| format!("event {version} not delivered after the listener was lost"))?
+            .ok_or("feed ended")??;
+        assert_eq!(next.stream_version, version);
+    }
+    Ok(())
+}
