@@ -1,7 +1,7 @@
 //! Commit notifications: one `LISTEN strata_events` connection per store,
 //! shared by all its subscriptions through a watch channel.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -25,7 +25,8 @@ pub(crate) struct Notifier {
     tx: Arc<watch::Sender<u64>>,
     task: Mutex<Option<JoinHandle<()>>>,
     appended: Arc<Notify>,
-    publisher: Mutex<Option<JoinHandle<()>>>,
+    /// Started by the first append; ends by itself once the store is gone.
+    publisher: OnceLock<JoinHandle<()>>,
 }
 
 impl Notifier {
@@ -34,7 +35,7 @@ impl Notifier {
             tx: Arc::new(watch::channel(0).0),
             task: Mutex::new(None),
             appended: Arc::new(Notify::new()),
-            publisher: Mutex::new(None),
+            publisher: OnceLock::new(),
         }
     }
 
@@ -44,14 +45,12 @@ impl Notifier {
     /// The notification is not sent by the appending transaction: a `NOTIFY`
     /// at commit takes a server-wide lock that serializes concurrent
     /// committers (it halved 16-writer append throughput when a trigger
-    /// sent it). Sent afterwards and coalesced, it costs the write path
-    /// nothing; it is only a wake-up, subscribers poll as well.
+    /// sent it). Sent afterwards and coalesced, it costs an append no more
+    /// than waking a task; it is only a wake-up, subscribers poll as well.
     pub(crate) fn appended(&self, pool: &PgPool) {
         bump(&self.tx);
-        let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
-        if publisher.as_ref().is_none_or(JoinHandle::is_finished) {
-            *publisher = Some(tokio::spawn(publish(pool.clone(), self.appended.clone())));
-        }
+        self.publisher
+            .get_or_init(|| tokio::spawn(publish(pool.clone(), self.appended.clone())));
         self.appended.notify_one();
     }
 

@@ -191,10 +191,14 @@ impl PgEventStore {
             };
         }
         let batch = Batch::new(&events, self.inner.max_event_size)?;
-        let mut seen = std::collections::HashSet::with_capacity(events.len());
-        let repeated_id = events
-            .iter()
-            .find_map(|e| (!seen.insert(e.event_id)).then_some(e.event_id));
+        let repeated_id = if events.len() > 1 {
+            let mut seen = std::collections::HashSet::with_capacity(events.len());
+            events
+                .iter()
+                .find_map(|e| (!seen.insert(e.event_id)).then_some(e.event_id))
+        } else {
+            None
+        };
         for attempt in 1.. {
             if repeated_id.is_none() {
                 match insert(&self.inner.pool, stream, expected, &batch).await {
