@@ -112,6 +112,10 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The store was given a configuration it cannot use (a malformed or
+    /// foreign database URL, say). Trying again cannot help.
+    #[error("invalid configuration")]
+    Configuration(#[source] BoxError),
     /// The backend could not be reached or the connection was lost.
     #[error("connection to the backend failed")]
     Connection(#[source] BoxError),

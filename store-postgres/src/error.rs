@@ -23,8 +23,7 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Configuration(_) => true,
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // Class 08: connection exception; 57P01..57P05: shutdown, crash, cannot connect now.
             code.starts_with("08") || code.starts_with("57P0")
@@ -35,7 +34,9 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
 
 /// Wrap a sqlx error as [`Error::Connection`] or [`Error::Backend`].
 pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {
-    if is_connection_error(&e) {
+    if matches!(e, sqlx::Error::Configuration(_)) {
+        Error::Configuration(Box::new(e))
+    } else if is_connection_error(&e) {
         Error::Connection(Box::new(e))
     } else {
         Error::Backend(Box::new(e))
@@ -51,6 +52,15 @@ pub(crate) fn from_migrate(e: sqlx::migrate::MigrateError) -> Error {
 }
 
 /// Whether `e` is a unique violation (SQLSTATE 23505).
+/// A database URL whose scheme is not `postgres` or `postgresql`.
+#[derive(Debug, thiserror::Error)]
+#[error("database url must start with postgres:// or postgresql://, got {scheme:?}")]
+pub struct UnsupportedUrlScheme {
+    /// The scheme found (the text before `://`; empty when there is none,
+    /// so that no part of a URL that may hold a password is repeated).
+    pub scheme: String,
+}
+
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
@@ -73,6 +83,8 @@ mod tests {
             Error::Connection(_)
         ));
         assert!(matches!(from_sqlx(sqlx::Error::RowNotFound), Error::Backend(_)));
+        let bad_url = sqlx::Error::Configuration("invalid port number".into());
+        assert!(matches!(from_sqlx(bad_url), Error::Configuration(_)));
     }
 
     #[test]

@@ -123,10 +123,13 @@
 //! ## Errors
 //!
 //! Every method returns [`strata_core::Error`]. An unreachable server, a
-//! lost connection, a pool timeout or a malformed URL is
-//! [`Error::Connection`](strata_core::Error::Connection); any other
-//! database failure is [`Error::Backend`](strata_core::Error::Backend),
-//! with the `sqlx::Error` as its source.
+//! lost connection or a pool timeout is
+//! [`Error::Connection`](strata_core::Error::Connection) (retriable); a
+//! malformed URL, or one for another database than PostgreSQL, is
+//! [`Error::Configuration`](strata_core::Error::Configuration) (not
+//! retriable); any other database failure is
+//! [`Error::Backend`](strata_core::Error::Backend), with the `sqlx::Error`
+//! as its source.
 //!
 //! ## Feature flags
 //!

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use strata_core::Result;
+use strata_core::{Error, Result};
 
-use crate::error::from_sqlx;
+use crate::error::{UnsupportedUrlScheme, from_sqlx};
 use crate::store::PgEventStore;
 
 /// Default limit on one event's encoded payload plus metadata: 1 MiB.
@@ -94,9 +94,18 @@ impl PgEventStoreOptions {
     }
 
     /// Connect the pool (at least one connection is opened now) and build
-    /// the store. A malformed URL or an unreachable server is
-    /// [`strata_core::Error::Connection`].
+    /// the store. An unreachable server is [`Error::Connection`]; a
+    /// malformed URL, or a scheme other than `postgres` or `postgresql`, is
+    /// [`Error::Configuration`].
     pub async fn connect(self) -> Result<PgEventStore> {
+        // sqlx reads any scheme as PostgreSQL, and would then wait out the
+        // acquire timeout on, say, a MySQL URL.
+        let scheme = self.url.split_once("://").map_or("", |(scheme, _)| scheme);
+        if !matches!(scheme, "postgres" | "postgresql") {
+            return Err(Error::Configuration(Box::new(UnsupportedUrlScheme {
+                scheme: scheme.to_owned(),
+            })));
+        }
         let connect = PgConnectOptions::from_str(&self.url).map_err(from_sqlx)?;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)

@@ -24,8 +24,27 @@ use crate::error::{Error, Result};
 use crate::event::{Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::store::{EventStore, ExpectedVersion, Snapshot, Subscription};
 
-/// How long a subscription may take to deliver an event that is readable.
+/// How long a subscription may take to deliver an event that is readable,
+/// and how long appended events may take to become readable.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The global log from the start, once it holds at least `expected` events.
+///
+/// `read_all` may lag behind appends that already returned: a store such as
+/// PostgreSQL only reads below the oldest transaction still running anywhere
+/// on its server. This waits (up to 20 s) instead of failing on that lag.
+pub async fn read_all_settled<S: EventStore>(store: &S, expected: usize) -> Result<Vec<RecordedEvent>> {
+    let mut waited = Duration::ZERO;
+    loop {
+        let log = store.read_all(0, expected.max(1) * 2 + 1000).await?;
+        if log.len() >= expected || waited >= DELIVERY_TIMEOUT {
+            return Ok(log);
+        }
+        let pause = Duration::from_millis(20);
+        futures_timer::Delay::new(pause).await;
+        waited += pause;
+    }
+}
 
 /// Run every check, each on a fresh store from `factory`.
 pub async fn run_all<S, F, Fut>(factory: F) -> Result<()>
@@ -203,7 +222,7 @@ pub async fn stream_and_global_order<S: EventStore>(store: &S) -> Result<()> {
             store.append(s, ExpectedVersion::Any, batch).await?;
         }
     }
-    let all = store.read_all(0, 10_000).await?;
+    let all = read_all_settled(store, appended.len()).await?;
     assert_eq!(
         all.len(),
         appended.len(),
@@ -255,6 +274,8 @@ pub async fn batched_reads<S: EventStore>(store: &S) -> Result<()> {
     store
         .append(&b, ExpectedVersion::NoStream, events(0..130))
         .await?;
+    // Once readable, events stay readable: paging below sees them all.
+    let whole = read_all_settled(store, 250).await?;
     let mut paged = Vec::new();
     let mut after = 0;
     loop {
@@ -264,7 +285,7 @@ pub async fn batched_reads<S: EventStore>(store: &S) -> Result<()> {
         after = last.global_position;
         paged.extend(page);
     }
-    assert_eq!(paged, store.read_all(0, 10_000).await?);
+    assert_eq!(paged, whole);
     assert_eq!(paged.len(), 250);
     let middle = store.read_stream(&a, 50, 20).await?;
     assert_eq!(
