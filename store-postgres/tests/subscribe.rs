@@ -68,12 +68,20 @@ async fn subscription_survives_the_loss_of_its_listener_connection() -> Result<(
         .ok_or("feed ended")??;
     assert_eq!(first.stream_version, 1);
 
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-    )
-    .fetch_one(writer.pool())
-    .await?;
+    // The listener connects in the background: wait for it, then kill it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let killed = loop {
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(writer.pool())
+        .await?;
+        if killed > 0 || std::time::Instant::now() > deadline {
+            break killed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(killed, 1, "the subscription's LISTEN connection must be found");
 
     // Events appended right after the loss, and later, all arrive, once each.
