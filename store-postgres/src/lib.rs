@@ -111,6 +111,12 @@
 //! reads are horizon-safe and the feed resumes from the last event it
 //! delivered.
 //!
+//! A notified event can still be unreadable for a moment: an older
+//! transaction, anywhere on the server, holds the horizon below it, and its
+//! end is announced by nobody. So when a wake-up (or catching up) finds
+//! nothing new, the subscription looks again after 5 ms, 10 ms, 20 ms, ...
+//! up to the poll interval, rather than waiting out the whole interval.
+//!
 //! The notification is sent after an append commits, by a task of the
 //! appending store: the first append after a quiet spell is announced at
 //! once, then at most one `pg_notify` goes out per 10 ms, and the store's own subscriptions are woken at once. It is

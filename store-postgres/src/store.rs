@@ -60,6 +60,23 @@ FROM cur
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
 RETURNING global_position, stream_version";
 
+/// First delay before a subscription looks again for events it was told of
+/// but could not read yet (see [`WaitState`]).
+const MIN_RECHECK: Duration = Duration::from_millis(5);
+
+/// What a subscription's wait remembers between waits.
+#[derive(Debug)]
+struct WaitState {
+    rx: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The position when the previous wait began.
+    last_position: u64,
+    /// Whether events are expected: the previous wait ended by a
+    /// notification, or the subscription has only just caught up.
+    expecting: bool,
+    /// The current delay between looks while events are held back.
+    recheck: Duration,
+}
+
 const VERSION_SQL: &str = "SELECT coalesce(max(stream_version), 0) FROM strata.events WHERE stream_id = $1";
 
 #[derive(Debug)]
@@ -509,15 +526,39 @@ impl EventStore for PgEventStore {
         let rx = tokio::runtime::Handle::try_current()
             .ok()
             .map(|_| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let wait = move |_position: u64| {
+        let state = Arc::new(tokio::sync::Mutex::new(WaitState {
+            rx,
+            last_position: after_position,
+            expecting: true,
+            recheck: MIN_RECHECK,
+        }));
+        let wait = move |position: u64| {
             let inner = inner.clone();
-            let rx = rx.clone();
+            let state = state.clone();
             async move {
-                let mut rx = rx.lock().await;
-                let rx = rx.get_or_insert_with(|| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
-                // A notification or the poll interval, whichever comes first.
-                let _ = tokio::time::timeout(inner.poll_interval, rx.changed()).await;
+                let mut st = state.lock().await;
+                // Woken (or just caught up) but the read found nothing new:
+                // the events are likely held back by an older transaction,
+                // whose end nobody announces. Look again soon, backing off
+                // to the poll interval, instead of waiting out the interval.
+                let held_back = st.expecting && position == st.last_position;
+                st.recheck = if held_back {
+                    (st.recheck * 2).min(inner.poll_interval)
+                } else {
+                    MIN_RECHECK
+                };
+                let timeout = if held_back {
+                    st.recheck
+                } else {
+                    inner.poll_interval
+                };
+                let rx = st
+                    .rx
+                    .get_or_insert_with(|| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
+                // A notification or the timeout, whichever comes first.
+                let notified = tokio::time::timeout(timeout, rx.changed()).await.is_ok();
+                st.expecting = notified || held_back;
+                st.last_position = position;
                 Ok(())
             }
         };

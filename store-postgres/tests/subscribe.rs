@@ -104,3 +104,36 @@ async fn subscription_survives_the_loss_of_its_listener_connection() -> Result<(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_held_back_by_an_older_transaction_arrives_when_that_transaction_ends() -> Result<(), BoxError>
+{
+    let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_secs(600))).await?;
+    let stream = StreamId::new("held-back")?;
+    let mut feed = store.subscribe(0);
+
+    // An older transaction takes a transaction id and stays open.
+    let mut older = store.pool().begin().await?;
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await?;
+
+    // The event commits and is announced, but is not readable yet.
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+        .await?;
+    let early = tokio::time::timeout(Duration::from_millis(300), feed.next()).await;
+    assert!(
+        early.is_err(),
+        "nothing may be read past an open older transaction"
+    );
+
+    // It ends, announced by nobody; the subscription must look again by itself.
+    older.rollback().await?;
+    let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .map_err(|_| "the held-back event waited for the poll interval")?
+        .ok_or("feed ended")??;
+    assert_eq!(event.stream_version, 1);
+    Ok(())
+}
