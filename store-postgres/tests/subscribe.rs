@@ -10,26 +10,37 @@ use strata_core::{EventStore, ExpectedVersion, StreamId};
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{fresh_database_with, new_event};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Result<(), BoxError> {
+/// A store that polls only every 600 s (so only a notification, or the
+/// store's own look-again, can wake its subscriptions in time), a second
+/// store on the same database standing in for another process, and a
+/// subscription of the first that has read `stream`'s first event, which
+/// the writer appended.
+async fn rarely_polling_subscription(
+    stream: &StreamId,
+) -> Result<(PgEventStore, PgEventStore, strata_core::Subscription), BoxError> {
     let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_secs(600))).await?;
-    // The writer is another store (another pool, as another process would
-    // be): only the `NOTIFY` it sends can reach the subscriber's listener.
     let writer = PgEventStore::from_pool(
         PgPoolOptions::new()
             .max_connections(2)
             .connect_with((*store.pool().connect_options()).clone())
             .await?,
     );
-    let stream = StreamId::new("notified")?;
-    store
-        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+    writer
+        .append(stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
         .await?;
     let mut feed = store.subscribe(0);
     let first = tokio::time::timeout(Duration::from_secs(20), feed.next())
         .await?
         .ok_or("feed ended")??;
     assert_eq!(first.stream_version, 1);
+    Ok((store, writer, feed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Result<(), BoxError> {
+    let stream = StreamId::new("notified")?;
+    // Only the `NOTIFY` the other store sends can reach the listener.
+    let (_store, writer, mut feed) = rarely_polling_subscription(&stream).await?;
 
     // Caught up and waiting: only a notification can wake it in time.
     let append = tokio::spawn(async move {
@@ -49,24 +60,9 @@ async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_survives_the_loss_of_its_listener_connection() -> Result<(), BoxError> {
-    // Polling is pushed out of reach: only a re-established LISTEN can wake
-    // the subscription in time.
-    let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_secs(600))).await?;
-    let writer = PgEventStore::from_pool(
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with((*store.pool().connect_options()).clone())
-            .await?,
-    );
     let stream = StreamId::new("reconnect")?;
-    writer
-        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
-        .await?;
-    let mut feed = store.subscribe(0);
-    let first = tokio::time::timeout(Duration::from_secs(20), feed.next())
-        .await?
-        .ok_or("feed ended")??;
-    assert_eq!(first.stream_version, 1);
+    // Only a re-established LISTEN can wake the subscription in time.
+    let (_store, writer, mut feed) = rarely_polling_subscription(&stream).await?;
 
     // The listener connects in the background: wait for it, then kill it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
