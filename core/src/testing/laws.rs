@@ -26,8 +26,9 @@ type LegacyEncoder = Box<dyn Fn(&Value) -> Value>;
 ///    it rebuilds the same state;
 /// 4. each invariant holds after every step.
 ///
-/// A failure is shrunk by proptest to a minimal command sequence and
-/// reported as a [`LawViolation`].
+/// A failure is shrunk by proptest, then cut down until no single command
+/// can be removed with the laws still broken, and reported as a
+/// [`LawViolation`].
 pub struct Laws<A: Aggregate> {
     upcasters: Upcasters,
     legacy: Vec<(String, u32, LegacyEncoder)>,
@@ -66,7 +67,8 @@ where
 pub struct LawViolation<C> {
     /// Which law broke and how.
     pub reason: String,
-    /// The shrunk command sequence.
+    /// The shrunk command sequence: without any one of its commands, the
+    /// laws hold.
     pub commands: Vec<C>,
 }
 
@@ -154,15 +156,36 @@ where
         let sequences = proptest::collection::vec(commands, 0..=self.max_commands);
         match runner.run(&sequences, |cmds| self.check(&cmds).map_err(TestCaseError::fail)) {
             Ok(()) => Ok(()),
-            Err(TestError::Fail(reason, commands)) => Err(LawViolation {
-                reason: reason.to_string(),
-                commands,
-            }),
+            Err(TestError::Fail(reason, commands)) => {
+                let commands = self.drop_redundant(commands);
+                let reason = self.check(&commands).err().unwrap_or_else(|| reason.to_string());
+                Err(LawViolation { reason, commands })
+            }
             Err(TestError::Abort(reason)) => Err(LawViolation {
                 reason: format!("property run aborted: {reason}"),
                 commands: Vec::new(),
             }),
         }
+    }
+
+    /// Remove commands one at a time while the sequence still breaks a law.
+    ///
+    /// proptest shrinks a sequence by dropping elements and then shrinking
+    /// their values, and can stop where a command became removable only
+    /// after a value shrank. This pass makes the result 1-minimal: without
+    /// any single one of its commands, the laws hold.
+    fn drop_redundant(&self, mut commands: Vec<A::Command>) -> Vec<A::Command> {
+        let mut i = 0;
+        while i < commands.len() {
+            let mut without = commands.clone();
+            without.remove(i);
+            if self.check(&without).is_err() {
+                commands = without;
+            } else {
+                i += 1;
+            }
+        }
+        commands
     }
 
     /// Run the laws and panic with the minimal failing sequence.
