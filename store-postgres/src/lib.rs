@@ -50,12 +50,31 @@
 //! again). A batch whose event ids are all stored, as that same batch, is
 //! an idempotent re-append.
 //!
+//! ## Group commit
+//!
+//! A store runs at most
+//! [`max_concurrent_appends`](PgEventStoreOptions::max_concurrent_appends)
+//! append statements at once (default
+//! [`DEFAULT_MAX_CONCURRENT_APPENDS`]). Appends of up to 32 events that
+//! arrive while that many are in flight wait; when one finishes, a single
+//! statement carries every waiting append, for as many streams as there
+//! are (one append per stream). It checks each append's expected version
+//! on its own and inserts the appends that pass, each whole; those that do
+//! not get the usual conflict handling, and if the statement fails as a
+//! whole, each append is tried again alone. So every append keeps its own
+//! outcome, while the server does one transaction, one round trip and one
+//! commit for many writers. A lone writer never waits, and larger batches
+//! always go alone. The statement is still its transaction's first write,
+//! so everything below holds for grouped appends too; appends in one group
+//! share a transaction id, and insert in stream id order, so that groups
+//! never deadlock on each other.
+//!
 //! ## The global log skips nothing
 //!
 //! `global_position` is not a sequence. The append computes it as
 //!
 //! ```text
-//! global_position = (pg_current_xact_id() << 20) | index of the event in its batch (1-based)
+//! global_position = (pg_current_xact_id() << 20) | index of the event in its statement (1-based)
 //! ```
 //!
 //! so positions are unique and ordered by (writing transaction id, index);
@@ -82,8 +101,10 @@
 //! for time to pass, so a slow transaction delays events, never drops them.
 //!
 //! **Why a stream's events are in version order in the global log.** An
-//! append runs in its own transaction and the append statement is its
-//! first write, so its transaction id is assigned during the statement. A
+//! append runs in a transaction of its own (or of its group, which holds
+//! no other append to that stream), and the append statement is the
+//! transaction's first write, so its transaction id is assigned during the
+//! statement. A
 //! transaction can only insert version `v + 1` once the one that inserted
 //! `v` has committed (before that, it sees `v - 1` and collides with `v` on
 //! the unique index). The writer of `v` got its id before committing, the
@@ -144,6 +165,7 @@
 //!   transaction.
 
 pub mod error;
+mod group;
 pub mod horizon;
 pub mod notify;
 pub mod options;
@@ -153,7 +175,9 @@ pub mod store;
 pub mod testing;
 
 pub use horizon::Horizon;
-pub use options::{DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_SIZE, PgEventStoreOptions};
+pub use options::{
+    DEFAULT_MAX_CONCURRENT_APPENDS, DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_SIZE, PgEventStoreOptions,
+};
 pub use store::PgEventStore;
 
 /// The migrations of the `strata` schema, embedded from `migrations/`.

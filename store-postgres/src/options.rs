@@ -13,6 +13,9 @@ use crate::store::PgEventStore;
 /// Default limit on one event's encoded payload plus metadata: 1 MiB.
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
 
+/// Default of [`PgEventStoreOptions::max_concurrent_appends`].
+pub const DEFAULT_MAX_CONCURRENT_APPENDS: usize = 1;
+
 /// Most events one append may carry: the batch index takes the low 20 bits
 /// of a global position.
 pub const MAX_BATCH_SIZE: usize = (1 << 20) - 1;
@@ -40,6 +43,7 @@ pub struct PgEventStoreOptions {
     pub(crate) max_event_size: usize,
     pub(crate) read_batch: usize,
     pub(crate) poll_interval: Duration,
+    pub(crate) max_concurrent_appends: usize,
 }
 
 impl PgEventStoreOptions {
@@ -55,6 +59,7 @@ impl PgEventStoreOptions {
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             read_batch: 500,
             poll_interval: Duration::from_millis(500),
+            max_concurrent_appends: DEFAULT_MAX_CONCURRENT_APPENDS,
         }
     }
 
@@ -90,6 +95,18 @@ impl PgEventStoreOptions {
     /// ends). Reading never skips events, so this only bounds latency.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// How many append statements the store runs at once. Appends that
+    /// arrive while that many are in flight wait, and the next one to
+    /// finish sends all of them as one statement (group commit): one
+    /// transaction and one round trip for many writers. A lone writer never
+    /// waits. Each append keeps its own expected version check and outcome;
+    /// see the crate docs. `usize::MAX` turns grouping off (every append is
+    /// its own statement); at least 1.
+    pub fn max_concurrent_appends(mut self, n: usize) -> Self {
+        self.max_concurrent_appends = n.max(1);
         self
     }
 

@@ -12,6 +12,7 @@ use strata_core::{
 use uuid::Uuid;
 
 use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_unique_violation};
+use crate::group::{Entry, Grouped, Grouper};
 use crate::horizon::Horizon;
 use crate::notify::Notifier;
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
@@ -29,23 +30,25 @@ const MAX_APPEND_ATTEMPTS: usize = 1000;
 /// it. The unique `(stream_id, stream_version)` index turns a concurrent
 /// writer that got there first into a unique violation.
 ///
-/// It answers one row, (first position, last version, count): the positions
-/// of a batch are `first .. first + count` (one transaction, `ord` 1..n), so
-/// there is no need to send a row back per event.
+/// It answers (first position, version before the append) if the
+/// expectation admitted the stream's version, else no row. Nothing comes
+/// back per event: the statement is its transaction's only write, so the
+/// batch's positions are `base | 1 ..= base | n`, and the versions follow
+/// `v`. The position base is computed once, not per row.
 const APPEND_SQL: &str = "\
-WITH cur AS (
-    SELECT coalesce(max(stream_version), 0) AS v FROM strata.events WHERE stream_id = $1
+WITH cur AS MATERIALIZED (
+    SELECT coalesce(max(stream_version), 0) AS v, pg_current_xact_id()::text::bigint << 20 AS base
+    FROM strata.events WHERE stream_id = $1
+), ok AS MATERIALIZED (
+    SELECT v, base FROM cur WHERE ($7::bigint IS NULL OR v = $7) AND (NOT $8::bool OR v > 0)
 ), ins AS (
 INSERT INTO strata.events
     (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, $1, cur.v + e.ord,
-       e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
-FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
+SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
+FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
          WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
-WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
-RETURNING global_position, stream_version
 )
-SELECT min(global_position), max(stream_version), count(*) FROM ins";
+SELECT base | 1, v FROM ok";
 
 /// [`APPEND_SQL`] for a single event, with scalar parameters: unpacking
 /// arrays costs a single-event append about a fifth of its throughput.
@@ -58,7 +61,7 @@ INSERT INTO strata.events
 SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5::jsonb, $6::jsonb
 FROM cur
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
-RETURNING global_position, stream_version";
+RETURNING global_position, stream_version - 1";
 
 /// First delay before a subscription looks again for events it was told of
 /// but could not read yet (see [`WaitState`]).
@@ -86,6 +89,7 @@ struct Inner {
     read_batch: usize,
     poll_interval: Duration,
     notifier: Notifier,
+    grouper: Arc<Grouper>,
 }
 
 /// An [`EventStore`] on PostgreSQL. Cloning is cheap and shares the pool.
@@ -111,11 +115,12 @@ impl PgEventStore {
     pub(crate) fn build(pool: PgPool, options: PgEventStoreOptions) -> Self {
         PgEventStore {
             inner: Arc::new(Inner {
-                pool,
                 max_event_size: options.max_event_size,
                 read_batch: options.read_batch,
                 poll_interval: options.poll_interval,
                 notifier: Notifier::new(),
+                grouper: Arc::new(Grouper::new(pool.clone(), options.max_concurrent_appends)),
+                pool,
             }),
         }
     }
@@ -207,7 +212,8 @@ impl PgEventStore {
                 Err(conflict(stream, expected, actual))
             };
         }
-        let batch = Batch::new(&events, self.inner.max_event_size)?;
+        let (exact, must_exist) = expectation(expected)?;
+        let batch = Arc::new(Batch::new(&events, self.inner.max_event_size)?);
         let repeated_id = if events.len() > 1 {
             let mut seen = std::collections::HashSet::with_capacity(events.len());
             events
@@ -218,7 +224,12 @@ impl PgEventStore {
         };
         for attempt in 1.. {
             if repeated_id.is_none() {
-                match insert(&self.inner.pool, stream, expected, &batch).await {
+                let inserted = if attempt == 1 {
+                    self.first_insert(stream, exact, must_exist, &batch).await
+                } else {
+                    insert(&self.inner.pool, stream, exact, must_exist, &batch).await
+                };
+                match inserted {
                     Ok(Some(result)) => {
                         self.inner.notifier.appended(&self.inner.pool);
                         metrics::counter!("strata_store_appended_events_total")
@@ -255,6 +266,35 @@ impl PgEventStore {
     }
 }
 
+impl PgEventStore {
+    /// An append's first try: alone if fewer than
+    /// [`PgEventStoreOptions::max_concurrent_appends`] statements are in
+    /// flight, else in the next group (see [`crate::group`]).
+    async fn first_insert(
+        &self,
+        stream: &StreamId,
+        exact: Option<i64>,
+        must_exist: bool,
+        batch: &Arc<Batch>,
+    ) -> Result<Option<AppendResult>, InsertError> {
+        let pool = &self.inner.pool;
+        match self.inner.grouper.enter(stream, exact, must_exist, batch) {
+            Entry::Bypass => insert(pool, stream, exact, must_exist, batch).await,
+            Entry::Alone(slot) => {
+                let inserted = insert(pool, stream, exact, must_exist, batch).await;
+                drop(slot);
+                inserted
+            }
+            Entry::Queued(outcome) => match outcome.await {
+                Ok(Grouped::Appended(result)) => Ok(Some(result)),
+                Ok(Grouped::Rejected) => Ok(None),
+                // Told to go alone, or nobody served the queue.
+                Ok(Grouped::Alone) | Err(_) => insert(pool, stream, exact, must_exist, batch).await,
+            },
+        }
+    }
+}
+
 fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64) -> Error {
     Error::Conflict {
         stream: stream.to_string(),
@@ -275,15 +315,19 @@ async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<
 /// A batch encoded as the append's column arrays. Payload and metadata are
 /// serialized once, to JSON text: that text is both what the size limit
 /// counts and what is sent (PostgreSQL parses it into `jsonb`).
-struct Batch {
-    ids: Vec<Uuid>,
-    types: Vec<String>,
-    schema_versions: Vec<i32>,
-    payloads: Vec<String>,
-    metadata: Vec<String>,
+pub(crate) struct Batch {
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) types: Vec<String>,
+    pub(crate) schema_versions: Vec<i32>,
+    pub(crate) payloads: Vec<String>,
+    pub(crate) metadata: Vec<String>,
 }
 
 impl Batch {
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
     fn new(events: &[NewEvent], max_event_size: usize) -> Result<Self> {
         let mut b = Batch {
             ids: Vec::with_capacity(events.len()),
@@ -316,33 +360,36 @@ impl Batch {
     }
 }
 
-enum InsertError {
+pub(crate) enum InsertError {
     Sql(sqlx::Error),
     Other(Error),
 }
 
-/// Run the append statement. `None`: the expected version did not admit
-/// the stream's version as the statement saw it.
-async fn insert<'e>(
-    exec: impl PgExecutor<'e>,
-    stream: &StreamId,
-    expected: ExpectedVersion,
-    batch: &Batch,
-) -> Result<Option<AppendResult>, InsertError> {
-    let (exact, must_exist): (Option<i64>, bool) = match expected {
+/// The expected version as the append statements take it: the exact
+/// version required, if any, and whether the stream must exist.
+fn expectation(expected: ExpectedVersion) -> Result<(Option<i64>, bool)> {
+    Ok(match expected {
         ExpectedVersion::Any => (None, false),
         ExpectedVersion::NoStream => (Some(0), false),
         ExpectedVersion::StreamExists => (None, true),
         ExpectedVersion::Exact(v) => (Some(to_i64_saturating(v)), false),
-        other => {
-            return Err(InsertError::Other(Error::Backend(Box::new(
-                UnsupportedExpectedVersion(other),
-            ))));
-        }
-    };
-    // (first position, last version, count); count 0: the expectation failed.
-    let (first, last, count): (Option<i64>, Option<i64>, i64) = if batch.ids.len() == 1 {
-        let row: Option<(i64, i64)> = sqlx::query_as(APPEND_ONE_SQL)
+        other => return Err(Error::Backend(Box::new(UnsupportedExpectedVersion(other)))),
+    })
+}
+
+/// Run the append statement. `None`: the expected version (see
+/// [`expectation`]) did not admit the stream's version as the statement
+/// saw it.
+pub(crate) async fn insert<'e>(
+    exec: impl PgExecutor<'e>,
+    stream: &StreamId,
+    exact: Option<i64>,
+    must_exist: bool,
+    batch: &Batch,
+) -> Result<Option<AppendResult>, InsertError> {
+    // (first position, version before); none: the expectation failed.
+    let row: Option<(i64, i64)> = if batch.len() == 1 {
+        sqlx::query_as(APPEND_ONE_SQL)
             .bind(stream.as_str())
             .bind(batch.ids[0])
             .bind(&batch.types[0])
@@ -353,8 +400,6 @@ async fn insert<'e>(
             .bind(must_exist)
             .fetch_optional(exec)
             .await
-            .map_err(InsertError::Sql)?;
-        row.map_or((None, None, 0), |(p, v)| (Some(p), Some(v), 1))
     } else {
         sqlx::query_as(APPEND_SQL)
             .bind(stream.as_str())
@@ -365,17 +410,18 @@ async fn insert<'e>(
             .bind(&batch.metadata)
             .bind(exact)
             .bind(must_exist)
-            .fetch_one(exec)
+            .fetch_optional(exec)
             .await
-            .map_err(InsertError::Sql)?
-    };
-    let (Some(first), Some(last)) = (first, last) else {
+    }
+    .map_err(InsertError::Sql)?;
+    let Some((first, before)) = row else {
         return Ok(None);
     };
     let first = to_u64("global_position", first).map_err(InsertError::Other)?;
-    let count = to_u64("count", count).map_err(InsertError::Other)?;
+    let before = to_u64("stream_version", before).map_err(InsertError::Other)?;
+    let count = batch.len() as u64;
     Ok(Some(AppendResult {
-        stream_version: to_u64("stream_version", last).map_err(InsertError::Other)?,
+        stream_version: before + count,
         positions: (first..first + count).collect(),
     }))
 }
@@ -403,8 +449,9 @@ pub(crate) async fn append_in(
             "append_in must be the first write of its transaction".into(),
         ));
     }
+    let (exact, must_exist) = expectation(expected)?;
     let batch = Batch::new(&events, usize::MAX)?;
-    match insert(&mut *conn, stream, expected, &batch).await {
+    match insert(&mut *conn, stream, exact, must_exist, &batch).await {
         Ok(Some(result)) => Ok(result),
         Ok(None) => {
             let actual = version_of(&mut *conn, stream).await?;

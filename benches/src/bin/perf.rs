@@ -11,7 +11,9 @@
 //! raw; higher is better) and `ratio_min`/`ratio_max`.
 //!
 //! Arguments: `--quick` does a tenth of the work; `--keep` keeps the
-//! database; any other argument selects the figures whose name contains it.
+//! database; `--max-concurrent-appends=N` sets the store's option of that
+//! name (its default otherwise); any other argument selects the figures
+//! whose name contains it.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -626,10 +628,13 @@ async fn main() -> Res<()> {
         Some((base, _)) => format!("{base}/{db}"),
         None => return Err("DATABASE_URL has no database name".into()),
     };
-    let store = PgEventStoreOptions::new(db_url.clone())
-        .max_connections(20)
-        .connect()
-        .await?;
+    let mut options = PgEventStoreOptions::new(db_url.clone()).max_connections(20);
+    if let Some(n) =
+        std::env::args().find_map(|a| a.strip_prefix("--max-concurrent-appends=").map(str::to_owned))
+    {
+        options = options.max_concurrent_appends(n.parse()?);
+    }
+    let store = options.connect().await?;
     store.migrate().await?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
     pool.execute(RAW_SCHEMA).await?;
