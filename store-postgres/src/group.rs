@@ -206,17 +206,37 @@ impl Grouper {
 
     /// Run groups with the slot it was handed until the queue is empty.
     async fn serve(self: Arc<Self>) {
+        let mut serving = Serving(Some(self));
         loop {
+            let Some(grouper) = serving.0.as_ref() else { return };
             let group = {
-                let mut state = self.lock();
+                let mut state = grouper.lock();
                 let group = take_group(&mut state.queue);
                 if group.is_empty() {
                     state.in_flight -= 1;
+                    drop(state);
+                    serving.0 = None;
                     return;
                 }
                 group
             };
-            run_group(&self.pool, group).await;
+            run_group(&grouper.pool, group).await;
+        }
+    }
+}
+
+/// The slot a [`Grouper::serve`] task holds. Should the task end any other
+/// way than by finding the queue empty (a panic, or its runtime shutting
+/// down), this frees the slot and lets the waiting appends go alone, so no
+/// slot is lost and nobody waits forever.
+struct Serving(Option<Arc<Grouper>>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(grouper) = self.0.take() {
+            let mut state = grouper.lock();
+            state.in_flight -= 1;
+            state.queue.clear();
         }
     }
 }
