@@ -67,7 +67,9 @@
 //! always go alone. The statement is still its transaction's first write,
 //! so everything below holds for grouped appends too; appends in one group
 //! share a transaction id, and insert in stream id order, so that groups
-//! never deadlock on each other.
+//! never deadlock on each other. The `metrics` histogram
+//! `strata_store_append_group_size` records how many appends each grouped
+//! statement carried.
 //!
 //! ## The global log skips nothing
 //!
