@@ -51,7 +51,6 @@ pub(crate) fn from_migrate(e: sqlx::migrate::MigrateError) -> Error {
     }
 }
 
-/// Whether `e` is a unique violation (SQLSTATE 23505).
 /// A database URL whose scheme is not `postgres` or `postgresql`.
 #[derive(Debug, thiserror::Error)]
 #[error("database url must start with postgres:// or postgresql://, got {scheme:?}")]
@@ -61,6 +60,7 @@ pub struct UnsupportedUrlScheme {
     pub scheme: String,
 }
 
+/// Whether `e` is a unique violation (SQLSTATE 23505).
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
