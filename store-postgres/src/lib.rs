@@ -39,6 +39,14 @@
 //! and `UNIQUE (event_id)`), `strata.snapshots` (latest snapshot per
 //! stream).
 //!
+//! `strata.events` is append-only: triggers refuse `UPDATE`, `DELETE` and
+//! `TRUNCATE` on it, from anyone, with SQLSTATE 23001
+//! (`restrict_violation`). The guarantees below rely on it: an append
+//! checks only a stream's last version, so a removed event would leave a
+//! gap, and subscribers never look back. To remove events on purpose
+//! (erasing personal data, say), disable the triggers for that change;
+//! storing such data encrypted and discarding the key is the better way.
+//!
 //! ## Appends
 //!
 //! An append is one SQL statement, so one transaction and one round trip:

@@ -174,3 +174,34 @@ async fn malformed_url_is_a_typed_error() -> Result<(), BoxError> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn stored_events_cannot_be_changed_or_removed() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let stream = StreamId::new("ledger-1")?;
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![
+                new_event("Opened", json!({"owner": "ada"})),
+                new_event("Deposited", json!({"amount": 5})),
+            ],
+        )
+        .await?;
+    for statement in [
+        "UPDATE strata.events SET payload = '{}' WHERE stream_version = 1",
+        "DELETE FROM strata.events WHERE stream_version = 2",
+        "DELETE FROM strata.events WHERE false",
+        "TRUNCATE strata.events",
+    ] {
+        let err = sqlx::query(statement).execute(store.pool()).await.unwrap_err();
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("23001"), "{statement}: {db}");
+        assert!(db.message().contains("append-only"), "{statement}: {db}");
+    }
+    let events = store.read_stream(&stream, 1, 10).await?;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].payload, json!({"owner": "ada"}));
+    Ok(())
+}
