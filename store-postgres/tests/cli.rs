@@ -54,7 +54,7 @@ async fn cli_migrates_then_prints_streams_tail_and_horizon() -> Result<(), BoxEr
     assert!(horizon["readable_below"].as_u64().is_some());
 
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["events", "stream", "--stream", "x"])
+        .args(["events", "stream", "--stream", "x", "--connect-timeout", "1"])
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
         .output()?;
     assert!(!out.status.success());

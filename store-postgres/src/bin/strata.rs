@@ -1,7 +1,7 @@
 //! `strata`: operator commands for a strata PostgreSQL event store.
 //!
 //! ```text
-//! strata migrate --database-url URL
+//! strata migrate --database-url URL [--connect-timeout SECS]
 //! strata events stream --stream ID [--from-version N]
 //! strata events tail [--from-position N] [--follow]
 //! strata events horizon
@@ -13,11 +13,12 @@
 use std::error::Error as StdError;
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use strata_core::{EventStore, RecordedEvent, StreamId};
-use strata_store_postgres::PgEventStore;
+use strata_store_postgres::PgEventStoreOptions;
 
 /// Operator commands for a strata PostgreSQL event store.
 #[derive(Debug, Parser)]
@@ -26,6 +27,9 @@ struct Cli {
     /// PostgreSQL URL of the event store's database.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// Seconds to wait for a database connection before giving up.
+    #[arg(long, global = true, default_value_t = 10, value_name = "SECS")]
+    connect_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,7 +99,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let url = cli
         .database_url
         .ok_or("no database url: pass --database-url or set DATABASE_URL")?;
-    let store = PgEventStore::connect(&url).await?;
+    let store = PgEventStoreOptions::new(url)
+        .acquire_timeout(Duration::from_secs(cli.connect_timeout))
+        .connect()
+        .await?;
     let mut out = io::stdout().lock();
     match cli.command {
         Command::Migrate => {
