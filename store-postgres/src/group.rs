@@ -73,13 +73,13 @@ WITH req AS MATERIALIZED (
     CROSS JOIN base
     ORDER BY e.ord
 )
-SELECT ok.i, ok.v, base.b FROM ok CROSS JOIN base";
+SELECT ok.i, ok.v, base.b, 'strata.events'::regclass::oid::bigint FROM ok CROSS JOIN base";
 
 /// What the group statement did with one member.
 #[derive(Debug)]
 pub(crate) enum Grouped {
-    /// Appended.
-    Appended(AppendResult),
+    /// Appended, into the table with this OID.
+    Appended(AppendResult, i64),
     /// The stream's version, as the statement saw it, failed the member's
     /// expectation; nothing was written for it.
     Rejected,
@@ -273,7 +273,7 @@ async fn run_group(pool: &PgPool, mut group: Vec<Member>) {
         )
         .await
         {
-            Ok(Some(result)) => Grouped::Appended(result),
+            Ok(Some((result, table))) => Grouped::Appended(result, table),
             Ok(None) => Grouped::Rejected,
             Err(_) => Grouped::Alone,
         };
@@ -309,7 +309,7 @@ async fn run_group(pool: &PgPool, mut group: Vec<Member>) {
             metadata.push(b.metadata[n].as_str());
         }
     }
-    let rows: Result<Vec<(i64, i64, i64)>, sqlx::Error> = sqlx::query_as(GROUP_SQL)
+    let rows: Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> = sqlx::query_as(GROUP_SQL)
         .bind(&streams)
         .bind(&exact)
         .bind(&must_exist)
@@ -329,7 +329,7 @@ async fn run_group(pool: &PgPool, mut group: Vec<Member>) {
             group.iter().map(|_| Grouped::Alone).collect()
         }
     };
-    for (i, v, base) in rows.into_iter().flatten() {
+    for (i, v, base, table) in rows.into_iter().flatten() {
         let Some(at) = usize::try_from(i - 1).ok().filter(|&at| at < group.len()) else {
             continue;
         };
@@ -338,10 +338,11 @@ async fn run_group(pool: &PgPool, mut group: Vec<Member>) {
             outcomes[at] = Grouped::Alone;
             continue;
         };
-        outcomes[at] = Grouped::Appended(AppendResult {
+        let result = AppendResult {
             stream_version: v + count,
             positions: (first..first + count).collect(),
-        });
+        };
+        outcomes[at] = Grouped::Appended(result, table);
     }
     metrics::histogram!("strata_store_append_group_size").record(group.len() as f64);
     for (member, outcome) in group.into_iter().zip(outcomes) {

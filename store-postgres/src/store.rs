@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_unique_violation};
 use crate::group::{Entry, Grouped, Grouper};
 use crate::horizon::Horizon;
+use crate::known::KnownVersions;
 use crate::notify::Notifier;
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
 use crate::row::{
@@ -48,7 +49,7 @@ SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.
 FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
          WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
 )
-SELECT base | 1, v FROM ok";
+SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok";
 
 /// [`APPEND_SQL`] for a single event, with scalar parameters: unpacking
 /// arrays costs a single-event append about a fifth of its throughput.
@@ -61,7 +62,19 @@ INSERT INTO strata.events
 SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5::jsonb, $6::jsonb
 FROM cur
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
-RETURNING global_position, stream_version - 1";
+RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint";
+
+/// A single-event append after version `$7`, where the store knows that
+/// version is committed in the table with OID `$8` (see [`crate::known`]),
+/// or `$7` is 0: no need to read the stream's version. The unique
+/// `(stream_id, stream_version)` index still refuses a taken version. No
+/// row: the table is not the one with OID `$8` any more.
+const APPEND_KNOWN_SQL: &str = "\
+INSERT INTO strata.events
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, $7 + 1, $2, $3, $4, $5::jsonb, $6::jsonb
+WHERE $8::bigint IS NULL OR 'strata.events'::regclass::oid::bigint = $8
+RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint";
 
 /// First delay before a subscription looks again for events it was told of
 /// but could not read yet (see [`WaitState`]).
@@ -90,6 +103,7 @@ struct Inner {
     poll_interval: Duration,
     notifier: Notifier,
     grouper: Arc<Grouper>,
+    known: KnownVersions,
 }
 
 /// An [`EventStore`] on PostgreSQL. Cloning is cheap and shares the pool.
@@ -120,6 +134,7 @@ impl PgEventStore {
                 poll_interval: options.poll_interval,
                 notifier: Notifier::new(),
                 grouper: Arc::new(Grouper::new(pool.clone(), options.max_concurrent_appends)),
+                known: KnownVersions::default(),
                 pool,
             }),
         }
@@ -227,10 +242,11 @@ impl PgEventStore {
                 let inserted = if attempt == 1 {
                     self.first_insert(stream, exact, must_exist, &batch).await
                 } else {
-                    insert(&self.inner.pool, stream, exact, must_exist, &batch).await
+                    self.insert_alone(stream, exact, must_exist, &batch).await
                 };
                 match inserted {
-                    Ok(Some(result)) => {
+                    Ok(Some((result, table))) => {
+                        self.inner.known.record(table, stream, result.stream_version);
                         self.inner.notifier.appended(&self.inner.pool);
                         metrics::counter!("strata_store_appended_events_total")
                             .increment(events.len() as u64);
@@ -276,22 +292,51 @@ impl PgEventStore {
         exact: Option<i64>,
         must_exist: bool,
         batch: &Arc<Batch>,
-    ) -> Result<Option<AppendResult>, InsertError> {
-        let pool = &self.inner.pool;
+    ) -> Result<Option<(AppendResult, i64)>, InsertError> {
         match self.inner.grouper.enter(stream, exact, must_exist, batch) {
-            Entry::Bypass => insert(pool, stream, exact, must_exist, batch).await,
+            Entry::Bypass => self.insert_alone(stream, exact, must_exist, batch).await,
             Entry::Alone(slot) => {
-                let inserted = insert(pool, stream, exact, must_exist, batch).await;
+                let inserted = self.insert_alone(stream, exact, must_exist, batch).await;
                 drop(slot);
                 inserted
             }
             Entry::Queued(outcome) => match outcome.await {
-                Ok(Grouped::Appended(result)) => Ok(Some(result)),
+                Ok(Grouped::Appended(result, table)) => Ok(Some((result, table))),
                 Ok(Grouped::Rejected) => Ok(None),
                 // Told to go alone, or nobody served the queue.
-                Ok(Grouped::Alone) | Err(_) => insert(pool, stream, exact, must_exist, batch).await,
+                Ok(Grouped::Alone) | Err(_) => self.insert_alone(stream, exact, must_exist, batch).await,
             },
         }
+    }
+
+    /// An append as its own statement. A single event expected at a version
+    /// this store knows is committed (or at 0) goes without reading the
+    /// stream's version first (see [`crate::known`]).
+    async fn insert_alone(
+        &self,
+        stream: &StreamId,
+        exact: Option<i64>,
+        must_exist: bool,
+        batch: &Batch,
+    ) -> Result<Option<(AppendResult, i64)>, InsertError> {
+        let pool = &self.inner.pool;
+        if batch.len() == 1
+            && let Some(after) = exact
+        {
+            let table = match u64::try_from(after) {
+                Ok(0) => Some(None),
+                Ok(v) => self.inner.known.table_holding(stream, v).map(Some),
+                Err(_) => None,
+            };
+            if let Some(table) = table {
+                match insert_known(pool, stream, after, table, batch).await? {
+                    Some(appended) => return Ok(Some(appended)),
+                    // The table was created anew: what the store knew is void.
+                    None => self.inner.known.forget(),
+                }
+            }
+        }
+        insert(pool, stream, exact, must_exist, batch).await
     }
 }
 
@@ -379,16 +424,16 @@ fn expectation(expected: ExpectedVersion) -> Result<(Option<i64>, bool)> {
 
 /// Run the append statement. `None`: the expected version (see
 /// [`expectation`]) did not admit the stream's version as the statement
-/// saw it.
+/// saw it. Appended: the result, and the OID of `strata.events`.
 pub(crate) async fn insert<'e>(
     exec: impl PgExecutor<'e>,
     stream: &StreamId,
     exact: Option<i64>,
     must_exist: bool,
     batch: &Batch,
-) -> Result<Option<AppendResult>, InsertError> {
-    // (first position, version before); none: the expectation failed.
-    let row: Option<(i64, i64)> = if batch.len() == 1 {
+) -> Result<Option<(AppendResult, i64)>, InsertError> {
+    // (first position, version before, table); none: the expectation failed.
+    let row: Option<(i64, i64, i64)> = if batch.len() == 1 {
         sqlx::query_as(APPEND_ONE_SQL)
             .bind(stream.as_str())
             .bind(batch.ids[0])
@@ -414,16 +459,47 @@ pub(crate) async fn insert<'e>(
             .await
     }
     .map_err(InsertError::Sql)?;
-    let Some((first, before)) = row else {
-        return Ok(None);
-    };
+    row.map(|row| appended(row, batch.len())).transpose()
+}
+
+/// What an append statement's answer (first position, version before,
+/// table OID) means for a batch of `count` events.
+fn appended(
+    (first, before, table): (i64, i64, i64),
+    count: usize,
+) -> Result<(AppendResult, i64), InsertError> {
     let first = to_u64("global_position", first).map_err(InsertError::Other)?;
     let before = to_u64("stream_version", before).map_err(InsertError::Other)?;
-    let count = batch.len() as u64;
-    Ok(Some(AppendResult {
+    let count = count as u64;
+    let result = AppendResult {
         stream_version: before + count,
         positions: (first..first + count).collect(),
-    }))
+    };
+    Ok((result, table))
+}
+
+/// Run [`APPEND_KNOWN_SQL`] for a one-event batch. `None`: the table is not
+/// the one with OID `table` any more.
+async fn insert_known(
+    pool: &PgPool,
+    stream: &StreamId,
+    after: i64,
+    table: Option<i64>,
+    batch: &Batch,
+) -> Result<Option<(AppendResult, i64)>, InsertError> {
+    let row: Option<(i64, i64, i64)> = sqlx::query_as(APPEND_KNOWN_SQL)
+        .bind(stream.as_str())
+        .bind(batch.ids[0])
+        .bind(&batch.types[0])
+        .bind(batch.schema_versions[0])
+        .bind(&batch.payloads[0])
+        .bind(&batch.metadata[0])
+        .bind(after)
+        .bind(table)
+        .fetch_optional(pool)
+        .await
+        .map_err(InsertError::Sql)?;
+    row.map(|row| appended(row, 1)).transpose()
 }
 
 /// Append within a transaction the caller holds, as the store's append
@@ -452,7 +528,7 @@ pub(crate) async fn append_in(
     let (exact, must_exist) = expectation(expected)?;
     let batch = Batch::new(&events, usize::MAX)?;
     match insert(&mut *conn, stream, exact, must_exist, &batch).await {
-        Ok(Some(result)) => Ok(result),
+        Ok(Some((result, _))) => Ok(result),
         Ok(None) => {
             let actual = version_of(&mut *conn, stream).await?;
             Err(conflict(stream, expected, actual))
