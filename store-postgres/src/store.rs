@@ -280,9 +280,7 @@ impl PgEventStore {
         }
         unreachable!("the append loop returns")
     }
-}
 
-impl PgEventStore {
     /// An append's first try: alone if fewer than
     /// [`PgEventStoreOptions::max_concurrent_appends`] statements are in
     /// flight, else in the next group (see [`crate::group`]).
