@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{PgExecutor, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgExecutor, PgPool, Postgres};
 use strata_core::store::{follow, idempotent_outcome};
 use strata_core::{
     AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot, StreamId,
@@ -432,13 +434,7 @@ pub(crate) async fn insert<'e>(
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
     // (first position, version before, table); none: the expectation failed.
     let row: Option<(i64, i64, i64)> = if batch.len() == 1 {
-        sqlx::query_as(APPEND_ONE_SQL)
-            .bind(stream.as_str())
-            .bind(batch.ids[0])
-            .bind(&batch.types[0])
-            .bind(batch.schema_versions[0])
-            .bind(&batch.payloads[0])
-            .bind(&batch.metadata[0])
+        one_event(APPEND_ONE_SQL, stream, batch)
             .bind(exact)
             .bind(must_exist)
             .fetch_optional(exec)
@@ -458,6 +454,22 @@ pub(crate) async fn insert<'e>(
     }
     .map_err(InsertError::Sql)?;
     row.map(|row| appended(row, batch.len())).transpose()
+}
+
+/// A single-event append statement with its first six parameters bound:
+/// stream, event id, type, schema version, payload, metadata.
+fn one_event<'q>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    batch: &'q Batch,
+) -> QueryAs<'q, Postgres, (i64, i64, i64), PgArguments> {
+    sqlx::query_as(sql)
+        .bind(stream.as_str())
+        .bind(batch.ids[0])
+        .bind(&batch.types[0])
+        .bind(batch.schema_versions[0])
+        .bind(&batch.payloads[0])
+        .bind(&batch.metadata[0])
 }
 
 /// What an append statement's answer (first position, version before,
@@ -485,13 +497,7 @@ async fn insert_known(
     table: Option<i64>,
     batch: &Batch,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(APPEND_KNOWN_SQL)
-        .bind(stream.as_str())
-        .bind(batch.ids[0])
-        .bind(&batch.types[0])
-        .bind(batch.schema_versions[0])
-        .bind(&batch.payloads[0])
-        .bind(&batch.metadata[0])
+    let row: Option<(i64, i64, i64)> = one_event(APPEND_KNOWN_SQL, stream, batch)
         .bind(after)
         .bind(table)
         .fetch_optional(pool)

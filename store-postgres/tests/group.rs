@@ -15,6 +15,7 @@ use strata_core::testing::contract::read_all_settled;
 use strata_core::{AppendResult, Error, EventStore, ExpectedVersion, NewEvent, Result, StreamId};
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{fresh_database_url, new_event};
+use tokio::task::JoinHandle;
 
 /// The transaction id part of a global position: events appended by one
 /// statement share it.
@@ -61,8 +62,20 @@ impl Held {
         Ok(Held { store, locker, url })
     }
 
-    /// Wait until an append is blocked on the lock, so it holds the slot.
-    async fn until_blocked(&self) -> Result<(), BoxError> {
+    /// Start an append to the stream `first` and wait until it is blocked
+    /// on the lock, holding the store's only slot.
+    async fn first_append_blocked(&self) -> Result<JoinHandle<Result<AppendResult>>, BoxError> {
+        let store = self.store.clone();
+        let first = tokio::spawn(async move {
+            let stream = StreamId::new("first")?;
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    vec![new_event("A", json!({}))],
+                )
+                .await
+        });
         let mut watcher = PgConnection::connect(&self.url).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -73,7 +86,7 @@ impl Held {
             .fetch_one(&mut watcher)
             .await?;
             if waiting > 0 {
-                return Ok(());
+                return Ok(first);
             }
             assert!(
                 Instant::now() < deadline,
@@ -103,20 +116,7 @@ async fn queued_appends_share_one_statement_and_keep_their_own_outcomes() -> Res
 
     let held = Held::new(&url).await?;
     let store = held.store.clone();
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let stream = StreamId::new("first")?;
-            store
-                .append(
-                    &stream,
-                    ExpectedVersion::NoStream,
-                    vec![new_event("A", json!({}))],
-                )
-                .await
-        }
-    });
-    held.until_blocked().await?;
+    let first = held.first_append_blocked().await?;
 
     let (a, b, c, d, e) = (
         StreamId::new("a")?,
@@ -206,19 +206,7 @@ async fn a_failed_group_appends_its_members_alone() -> Result<(), BoxError> {
 
     let held = Held::new(&url).await?;
     let store = held.store.clone();
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .append(
-                    &StreamId::new("first")?,
-                    ExpectedVersion::Any,
-                    vec![new_event("A", json!({}))],
-                )
-                .await
-        }
-    });
-    held.until_blocked().await?;
+    let first = held.first_append_blocked().await?;
     let (x, y, thief) = (StreamId::new("x")?, StreamId::new("y")?, StreamId::new("thief")?);
     let mut good_x: Append =
         Box::pin(store.append(&x, ExpectedVersion::NoStream, vec![new_event("A", json!({}))]));
