@@ -5,9 +5,16 @@
 use serde_json::json;
 use sqlx::Connection;
 use strata_core::error::BoxError;
-use strata_core::{Error, EventStore, ExpectedVersion, StreamId};
+use strata_core::{AppendResult, Error, EventStore, ExpectedVersion, Result, StreamId};
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{fresh_database_url, new_event};
+
+/// Append one event to `stream`, expecting `expected`.
+async fn add_one(store: &PgEventStore, stream: &StreamId, expected: ExpectedVersion) -> Result<AppendResult> {
+    store
+        .append(stream, expected, vec![new_event("Added", json!({}))])
+        .await
+}
 
 #[tokio::test]
 async fn a_version_taken_by_another_store_is_a_conflict() -> Result<(), BoxError> {
@@ -18,27 +25,11 @@ async fn a_version_taken_by_another_store_is_a_conflict() -> Result<(), BoxError
     );
     let stream = StreamId::new("cart-1")?;
     for v in 0..2 {
-        ours.append(
-            &stream,
-            ExpectedVersion::Exact(v),
-            vec![new_event("Added", json!({}))],
-        )
-        .await?;
+        add_one(&ours, &stream, ExpectedVersion::Exact(v)).await?;
     }
-    theirs
-        .append(
-            &stream,
-            ExpectedVersion::Exact(2),
-            vec![new_event("Added", json!({}))],
-        )
-        .await?;
+    add_one(&theirs, &stream, ExpectedVersion::Exact(2)).await?;
     // `ours` knows version 2 is committed, not that 3 is taken.
-    let err = ours
-        .append(
-            &stream,
-            ExpectedVersion::Exact(2),
-            vec![new_event("Added", json!({}))],
-        )
+    let err = add_one(&ours, &stream, ExpectedVersion::Exact(2))
         .await
         .unwrap_err();
     assert!(
@@ -52,23 +43,12 @@ async fn a_version_taken_by_another_store_is_a_conflict() -> Result<(), BoxError
         ),
         "{err:?}"
     );
-    let err = ours
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            vec![new_event("Added", json!({}))],
-        )
+    let err = add_one(&ours, &stream, ExpectedVersion::NoStream)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { actual: 3, .. }), "{err:?}");
     // A version it has not seen itself is read, and admitted.
-    let appended = ours
-        .append(
-            &stream,
-            ExpectedVersion::Exact(3),
-            vec![new_event("Added", json!({}))],
-        )
-        .await?;
+    let appended = add_one(&ours, &stream, ExpectedVersion::Exact(3)).await?;
     assert_eq!(appended.stream_version, 4);
     let versions: Vec<u64> = ours
         .read_stream(&stream, 1, 10)
@@ -86,13 +66,7 @@ async fn a_table_created_anew_is_noticed_and_no_gap_is_written() -> Result<(), B
     let store = PgEventStore::connect(&url).await?;
     let stream = StreamId::new("cart-2")?;
     for v in 0..3 {
-        store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(v),
-                vec![new_event("Added", json!({}))],
-            )
-            .await?;
+        add_one(&store, &stream, ExpectedVersion::Exact(v)).await?;
     }
     // Reset the schema under the running store, as a test suite might.
     let mut admin = sqlx::PgConnection::connect(&url).await?;
@@ -106,12 +80,7 @@ async fn a_table_created_anew_is_noticed_and_no_gap_is_written() -> Result<(), B
 
     // The store saw version 3 committed, but in the old table: appending
     // after it now would leave versions 1 to 3 missing.
-    let err = store
-        .append(
-            &stream,
-            ExpectedVersion::Exact(3),
-            vec![new_event("Added", json!({}))],
-        )
+    let err = add_one(&store, &stream, ExpectedVersion::Exact(3))
         .await
         .unwrap_err();
     assert!(
@@ -126,13 +95,7 @@ async fn a_table_created_anew_is_noticed_and_no_gap_is_written() -> Result<(), B
         "{err:?}"
     );
     assert!(store.read_stream(&stream, 1, 10).await?.is_empty());
-    let appended = store
-        .append(
-            &stream,
-            ExpectedVersion::Exact(0),
-            vec![new_event("Added", json!({}))],
-        )
-        .await?;
+    let appended = add_one(&store, &stream, ExpectedVersion::Exact(0)).await?;
     assert_eq!(appended.stream_version, 1);
     Ok(())
 }
