@@ -34,13 +34,14 @@ use sqlx::PgPool;
 use strata_core::{AppendResult, StreamId};
 use tokio::sync::oneshot;
 
+use crate::known::KnownVersions;
 use crate::options::MAX_BATCH_SIZE;
 use crate::store::Batch;
 
 /// Appends of more events than this never wait for a group: a batch that
 /// large already spreads its statement's fixed costs, and is better run
 /// beside others than folded into one long statement.
-pub(crate) const GROUP_MEMBER_EVENTS: usize = 32;
+const GROUP_MEMBER_EVENTS: usize = 32;
 
 /// A group stops taking members before it holds more events than this.
 /// Positions number a transaction's events in 20 bits, so a group must stay
@@ -107,6 +108,7 @@ struct State {
 /// one to finish.
 pub(crate) struct Grouper {
     pool: PgPool,
+    known: Arc<KnownVersions>,
     limit: usize,
     state: Mutex<State>,
 }
@@ -143,9 +145,10 @@ impl Drop for Slot {
 }
 
 impl Grouper {
-    pub(crate) fn new(pool: PgPool, limit: usize) -> Self {
+    pub(crate) fn new(pool: PgPool, known: Arc<KnownVersions>, limit: usize) -> Self {
         Grouper {
             pool,
+            known,
             limit: limit.max(1),
             state: Mutex::new(State::default()),
         }
@@ -220,7 +223,7 @@ impl Grouper {
                 }
                 group
             };
-            run_group(&grouper.pool, group).await;
+            run_group(&grouper.pool, &grouper.known, group).await;
         }
     }
 }
@@ -261,11 +264,12 @@ fn take_group(queue: &mut VecDeque<Member>) -> Vec<Member> {
 }
 
 /// Append a group and tell each member what became of it.
-async fn run_group(pool: &PgPool, mut group: Vec<Member>) {
+async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>) {
     if group.len() == 1 {
         let member = group.pop().expect("one member");
-        let outcome = match crate::store::insert(
+        let outcome = match crate::store::insert_alone(
             pool,
+            known,
             &member.stream,
             member.exact,
             member.must_exist,
@@ -367,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn who_waits_and_who_goes_alone() {
         let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
-        let grouper = Arc::new(Grouper::new(pool, 1));
+        let grouper = Arc::new(Grouper::new(pool, Arc::default(), 1));
         let (s, t) = (StreamId::new("s").unwrap(), StreamId::new("t").unwrap());
         let small = batch(1);
         let slot = grouper.enter(&s, None, false, &small);

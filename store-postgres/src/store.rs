@@ -105,7 +105,7 @@ struct Inner {
     poll_interval: Duration,
     notifier: Notifier,
     grouper: Arc<Grouper>,
-    known: KnownVersions,
+    known: Arc<KnownVersions>,
 }
 
 /// An [`EventStore`] on PostgreSQL. Cloning is cheap and shares the pool.
@@ -129,14 +129,19 @@ impl PgEventStore {
     }
 
     pub(crate) fn build(pool: PgPool, options: PgEventStoreOptions) -> Self {
+        let known = Arc::new(KnownVersions::default());
         PgEventStore {
             inner: Arc::new(Inner {
                 max_event_size: options.max_event_size,
                 read_batch: options.read_batch,
                 poll_interval: options.poll_interval,
                 notifier: Notifier::new(),
-                grouper: Arc::new(Grouper::new(pool.clone(), options.max_concurrent_appends)),
-                known: KnownVersions::default(),
+                grouper: Arc::new(Grouper::new(
+                    pool.clone(),
+                    known.clone(),
+                    options.max_concurrent_appends,
+                )),
+                known,
                 pool,
             }),
         }
@@ -244,7 +249,15 @@ impl PgEventStore {
                 let inserted = if attempt == 1 {
                     self.first_insert(stream, exact, must_exist, &batch).await
                 } else {
-                    self.insert_alone(stream, exact, must_exist, &batch).await
+                    insert_alone(
+                        &self.inner.pool,
+                        &self.inner.known,
+                        stream,
+                        exact,
+                        must_exist,
+                        &batch,
+                    )
+                    .await
                 };
                 match inserted {
                     Ok(Some((result, table))) => {
@@ -293,10 +306,11 @@ impl PgEventStore {
         must_exist: bool,
         batch: &Arc<Batch>,
     ) -> Result<Option<(AppendResult, i64)>, InsertError> {
+        let (pool, known) = (&self.inner.pool, &*self.inner.known);
         match self.inner.grouper.enter(stream, exact, must_exist, batch) {
-            Entry::Bypass => self.insert_alone(stream, exact, must_exist, batch).await,
+            Entry::Bypass => insert_alone(pool, known, stream, exact, must_exist, batch).await,
             Entry::Alone(slot) => {
-                let inserted = self.insert_alone(stream, exact, must_exist, batch).await;
+                let inserted = insert_alone(pool, known, stream, exact, must_exist, batch).await;
                 drop(slot);
                 inserted
             }
@@ -304,39 +318,11 @@ impl PgEventStore {
                 Ok(Grouped::Appended(result, table)) => Ok(Some((result, table))),
                 Ok(Grouped::Rejected) => Ok(None),
                 // Told to go alone, or nobody served the queue.
-                Ok(Grouped::Alone) | Err(_) => self.insert_alone(stream, exact, must_exist, batch).await,
+                Ok(Grouped::Alone) | Err(_) => {
+                    insert_alone(pool, known, stream, exact, must_exist, batch).await
+                }
             },
         }
-    }
-
-    /// An append as its own statement. A single event expected at a version
-    /// this store knows is committed (or at 0) goes without reading the
-    /// stream's version first (see [`crate::known`]).
-    async fn insert_alone(
-        &self,
-        stream: &StreamId,
-        exact: Option<i64>,
-        must_exist: bool,
-        batch: &Batch,
-    ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-        let pool = &self.inner.pool;
-        if batch.len() == 1
-            && let Some(after) = exact
-        {
-            let table = match u64::try_from(after) {
-                Ok(0) => Some(None),
-                Ok(v) => self.inner.known.table_holding(stream, v).map(Some),
-                Err(_) => None,
-            };
-            if let Some(table) = table {
-                match insert_known(pool, stream, after, table, batch).await? {
-                    Some(appended) => return Ok(Some(appended)),
-                    // The table was created anew: what the store knew is void.
-                    None => self.inner.known.forget(),
-                }
-            }
-        }
-        insert(pool, stream, exact, must_exist, batch).await
     }
 }
 
@@ -486,6 +472,36 @@ fn appended(
         positions: (first..first + count).collect(),
     };
     Ok((result, table))
+}
+
+/// An append as its own statement. A single event expected at a version
+/// `known` holds as committed (or at 0) goes without reading the stream's
+/// version first (see [`crate::known`]).
+pub(crate) async fn insert_alone(
+    pool: &PgPool,
+    known: &KnownVersions,
+    stream: &StreamId,
+    exact: Option<i64>,
+    must_exist: bool,
+    batch: &Batch,
+) -> Result<Option<(AppendResult, i64)>, InsertError> {
+    if batch.len() == 1
+        && let Some(after) = exact
+    {
+        let table = match u64::try_from(after) {
+            Ok(0) => Some(None),
+            Ok(v) => known.table_holding(stream, v).map(Some),
+            Err(_) => None,
+        };
+        if let Some(table) = table {
+            match insert_known(pool, stream, after, table, batch).await? {
+                Some(appended) => return Ok(Some(appended)),
+                // The table was created anew: what the store knew is void.
+                None => known.forget(),
+            }
+        }
+    }
+    insert(pool, stream, exact, must_exist, batch).await
 }
 
 /// Run [`APPEND_KNOWN_SQL`] for a one-event batch. `None`: the table is not
