@@ -33,7 +33,11 @@ pub trait Aggregate:
     type Event: Event;
 
     /// Why a command is refused (a domain outcome, not a failure).
-    type Error: std::error::Error + Send + Sync + 'static;
+    ///
+    /// It serializes because a refusal is an outcome too: a command
+    /// submitted again under the same id gets the first refusal back, from
+    /// the store, in any process.
+    type Error: std::error::Error + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Decide what happens: the events a command produces from this state,
     /// or why it is refused.

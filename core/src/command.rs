@@ -9,9 +9,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
-use crate::error::Error;
-use crate::event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};
-use crate::store::{EventStore, ExpectedVersion, Snapshot};
+use crate::error::{Error, Preview};
+use crate::event::{Envelope, Event, MAX_JSON_DEPTH, Metadata, NewEvent, StreamId, json_depth};
+use crate::store::{CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot};
 use crate::upcast::Upcasters;
 
 /// Tuning of a [`CommandHandler`].
@@ -47,9 +47,12 @@ impl Default for CommandHandlerOptions {
 /// events inherit.
 #[derive(Debug, Clone, Default)]
 pub struct CommandContext {
-    /// A caller-chosen id. Submitting the same id again appends nothing and
-    /// returns the first outcome. Without one, a fresh id is generated and
-    /// no de-duplication happens.
+    /// A caller-chosen id. The first outcome of the command (its events, a
+    /// refusal, or no change) is recorded in the store under this id, and
+    /// submitting the same id again, from any process, appends nothing and
+    /// returns that outcome; submitting it for another stream is
+    /// [`CommandError::CommandIdReused`]. Without one, a fresh id is
+    /// generated and no de-duplication happens.
     pub command_id: Option<Uuid>,
     /// Correlation id; defaults to the command id.
     pub correlation_id: Option<Uuid>,
@@ -91,22 +94,40 @@ pub struct CommandOutcome<E> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError<E: std::error::Error + 'static> {
-    /// The aggregate refused the command.
-    #[error("command refused")]
-    Domain(#[source] E),
+    /// The aggregate refused the command (now, or when its command id was
+    /// first submitted).
+    #[error("command refused: {0}")]
+    Domain(E),
     /// Conflicts went on after every retry.
-    #[error("stream `{stream}` still conflicted after {attempts} attempts")]
+    #[error(
+        "stream `{}` still conflicted after {attempts} attempts: {last}",
+        Preview(stream)
+    )]
     TooManyConflicts {
         /// The contended stream.
         stream: String,
         /// Attempts made.
         attempts: usize,
         /// The last conflict.
-        #[source]
         last: Error,
     },
+    /// The command id was first submitted for another stream: an id names
+    /// one command, and nothing was done.
+    #[error(
+        "command id {command_id} was first used for stream `{}`, not `{}`: a command id names one command",
+        Preview(first_stream),
+        Preview(stream)
+    )]
+    CommandIdReused {
+        /// The command id.
+        command_id: Uuid,
+        /// The stream it was first submitted for.
+        first_stream: String,
+        /// The stream it was submitted for now.
+        stream: String,
+    },
     /// The store failed, or a stored event could not be read.
-    #[error("event store failure")]
+    #[error(transparent)]
     Store(#[from] Error),
 }
 
@@ -162,14 +183,25 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     }
 
     /// Load aggregate `id`: its latest usable snapshot (when snapshots are
-    /// enabled) plus the events after it. Returns the state and the stream version it reflects.
+    /// enabled) plus the events after it. Returns the state and the stream
+    /// version it reflects. A version missing from the stored stream is
+    /// [`Error::StreamCorrupted`]: folding on past it would give a wrong
+    /// state.
     pub async fn load(&self, id: &str) -> Result<(A, u64), Error> {
         self.load_stream(&Self::stream_id(id)?).await
     }
 
     async fn load_stream(&self, stream: &StreamId) -> Result<(A, u64), Error> {
         let snapshot = match self.options.snapshot_every {
-            Some(_) => self.store.load_snapshot(stream).await?,
+            Some(_) => match self.store.load_snapshot(stream).await {
+                Ok(snapshot) => snapshot,
+                // A snapshot is only a shortcut: replay instead.
+                Err(e @ Error::Serialization { .. }) => {
+                    tracing::warn!(stream = %stream, error = %e, "ignoring unreadable snapshot");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let (mut state, mut version) = match snapshot {
@@ -190,6 +222,12 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let page = self.store.read_stream(stream, version + 1, batch).await?;
             let full = page.len() == batch;
             for recorded in page {
+                if recorded.stream_version != version + 1 {
+                    return Err(Error::StreamCorrupted {
+                        stream: stream.to_string(),
+                        missing_version: version + 1,
+                    });
+                }
                 version = recorded.stream_version;
                 let event: A::Event =
                     self.upcasters
@@ -250,10 +288,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         explicit_id: bool,
         metadata: Metadata,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        if explicit_id {
-            if let Some(outcome) = self.earlier_outcome(&stream, command_id).await? {
-                return Ok(outcome);
-            }
+        if explicit_id && let Some(first) = self.store.read_command(command_id).await? {
+            return self.recorded_outcome(&stream, first).await;
         }
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.options.min_backoff)
@@ -264,16 +300,39 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         let mut retries = 0;
         loop {
             let (mut state, version) = self.load_stream(&stream).await?;
-            let events = state.decide(&command).map_err(CommandError::Domain)?;
-            if events.is_empty() {
-                return Ok(CommandOutcome {
-                    stream_id: stream,
-                    stream_version: version,
-                    events: Vec::new(),
-                    retries,
-                    deduplicated: false,
-                });
-            }
+            let events = match state.decide(&command) {
+                Ok(events) if !events.is_empty() => events,
+                decided => {
+                    let decision = match &decided {
+                        Err(refusal) => CommandDecision::Refused {
+                            version,
+                            refusal: serde_json::to_value(refusal)
+                                .map_err(|e| Error::encode(format!("refusal of command {command_id}"), e))?,
+                        },
+                        Ok(_) => CommandDecision::Unchanged { version },
+                    };
+                    if explicit_id {
+                        let record = CommandRecord {
+                            command_id,
+                            stream_id: stream.clone(),
+                            decision,
+                        };
+                        if let Some(first) = self.store.record_command(record).await? {
+                            return self.recorded_outcome(&stream, first).await;
+                        }
+                    }
+                    return match decided {
+                        Err(refusal) => Err(CommandError::Domain(refusal)),
+                        Ok(_) => Ok(CommandOutcome {
+                            stream_id: stream,
+                            stream_version: version,
+                            events: Vec::new(),
+                            retries,
+                            deduplicated: false,
+                        }),
+                    };
+                }
+            };
             let mut new_events = Vec::with_capacity(events.len());
             let mut ids = Vec::with_capacity(events.len());
             for (i, e) in events.iter().enumerate() {
@@ -284,11 +343,15 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 ids.push(new.event_id);
                 new_events.push(new);
             }
-            match self
-                .store
-                .append(&stream, ExpectedVersion::Exact(version), new_events)
-                .await
-            {
+            let expected = ExpectedVersion::Exact(version);
+            let appended = if explicit_id {
+                self.store
+                    .append_command(&stream, expected, new_events, command_id)
+                    .await
+            } else {
+                self.store.append(&stream, expected, new_events).await
+            };
+            match appended {
                 Ok(result) => {
                     for e in &events {
                         state.apply(e);
@@ -320,12 +383,14 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         deduplicated: false,
                     });
                 }
+                // The same command id, submitted elsewhere, was decided first.
+                Err(Error::CommandAlreadyRecorded { .. }) => {
+                    let first = self.store.read_command(command_id).await?.ok_or_else(|| {
+                        Error::Backend(format!("command {command_id} is recorded but cannot be read").into())
+                    })?;
+                    return self.recorded_outcome(&stream, first).await;
+                }
                 Err(conflict @ Error::Conflict { .. }) => {
-                    if explicit_id {
-                        if let Some(outcome) = self.earlier_outcome(&stream, command_id).await? {
-                            return Ok(outcome);
-                        }
-                    }
                     if retries >= self.options.max_retries {
                         return Err(CommandError::TooManyConflicts {
                             stream: stream.to_string(),
@@ -343,49 +408,62 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
-    /// The stored outcome of an earlier submission of `command_id`, if any.
-    async fn earlier_outcome(
+    /// The outcome recorded for an earlier submission of the same command
+    /// id, as the first submission returned it.
+    async fn recorded_outcome(
         &self,
         stream: &StreamId,
-        command_id: Uuid,
-    ) -> Result<Option<CommandOutcome<A::Event>>, Error> {
-        let Some(first) = self.store.read_event(derived_event_id(command_id, 0)).await? else {
-            return Ok(None);
-        };
-        let mut recorded: Vec<RecordedEvent> = Vec::new();
-        let mut from = first.stream_version;
-        'pages: loop {
-            let page = self
-                .store
-                .read_stream(&first.stream_id, from, self.options.read_batch)
-                .await?;
-            let full = page.len() == self.options.read_batch;
-            for e in page {
-                if e.event_id != derived_event_id(command_id, recorded.len() as u64) {
-                    break 'pages;
-                }
-                from = e.stream_version + 1;
-                recorded.push(e);
-            }
-            if !full {
-                break;
-            }
+        first: CommandRecord,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        if first.stream_id != *stream {
+            return Err(CommandError::CommandIdReused {
+                command_id: first.command_id,
+                first_stream: first.stream_id.to_string(),
+                stream: stream.to_string(),
+            });
         }
-        let events = recorded
-            .iter()
-            .map(|r| r.decode::<A::Event>(&self.upcasters))
-            .collect::<Result<Vec<_>, _>>()?;
-        tracing::debug!(
-            events = events.len(),
-            "command id seen before, returning its outcome"
-        );
-        Ok(Some(CommandOutcome {
+        tracing::debug!("command id seen before, returning its first outcome");
+        let (stream_version, events) = match first.decision {
+            CommandDecision::Refused { refusal, .. } => {
+                let refusal = serde_json::from_value(refusal)
+                    .map_err(|e| Error::decode(format!("refusal of command {}", first.command_id), e))?;
+                return Err(CommandError::Domain(refusal));
+            }
+            CommandDecision::Unchanged { version } => (version, Vec::new()),
+            CommandDecision::Appended {
+                first_version,
+                last_version,
+            } => {
+                let mut events = Vec::new();
+                let mut next = first_version;
+                while next <= last_version {
+                    let left = usize::try_from(last_version + 1 - next).unwrap_or(usize::MAX);
+                    let page = self
+                        .store
+                        .read_stream(stream, next, left.min(self.options.read_batch.max(1)))
+                        .await?;
+                    if page.is_empty() {
+                        return Err(Error::StreamCorrupted {
+                            stream: stream.to_string(),
+                            missing_version: next,
+                        }
+                        .into());
+                    }
+                    for recorded in page {
+                        next = recorded.stream_version + 1;
+                        events.push(recorded.decode::<A::Event>(&self.upcasters)?);
+                    }
+                }
+                (last_version, events)
+            }
+        };
+        Ok(CommandOutcome {
             stream_id: stream.clone(),
-            stream_version: recorded.last().map_or(first.stream_version, |e| e.stream_version),
+            stream_version,
             events,
             retries: 0,
             deduplicated: true,
-        }))
+        })
     }
 
     async fn maybe_snapshot(&self, stream: &StreamId, before: u64, after: u64, state: &A) {
@@ -396,6 +474,10 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             return;
         }
         let saved = match serde_json::to_value(state) {
+            Ok(value) if json_depth(&value) > MAX_JSON_DEPTH => {
+                tracing::warn!(stream = %stream, "state nests too deeply to be read back: no snapshot");
+                return;
+            }
             Ok(value) => {
                 self.store
                     .save_snapshot(Snapshot {
@@ -406,7 +488,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     })
                     .await
             }
-            Err(e) => Err(Error::encode(A::TYPE, e)),
+            Err(e) => Err(Error::encode(format!("snapshot of `{}`", A::TYPE), e)),
         };
         // The events are committed; a missing snapshot only costs a longer load.
         if let Err(e) = saved {

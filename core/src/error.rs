@@ -1,6 +1,13 @@
 //! The crate's error type.
+//!
+//! Every error's `Display` is complete: it states what happened and why,
+//! once, so `{err}` alone is enough to act on. The underlying error (a
+//! driver's, serde's) stays in the variant, typed, for matching and
+//! downcasting; it is not also returned by `source()`, so that reporters
+//! that print the source chain do not repeat it.
 
 use std::error::Error as StdError;
+use std::fmt;
 
 use uuid::Uuid;
 
@@ -16,13 +23,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Domain outcomes ([`Error::Conflict`]) are apart from input problems
 /// ([`Error::InvalidStreamId`], [`Error::PayloadTooLarge`], ...), decoding
-/// problems ([`Error::UnknownEventType`], [`Error::Serialization`], ...) and
-/// infrastructure failures ([`Error::Connection`], [`Error::Backend`]).
+/// problems ([`Error::UnknownEventType`], [`Error::Serialization`], ...),
+/// stored data that cannot be read ([`Error::UndecodableEvent`],
+/// [`Error::StreamCorrupted`]) and infrastructure failures
+/// ([`Error::Connection`], [`Error::Backend`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The stream was not at the expected version when the append ran.
-    #[error("version conflict on stream `{stream}`: expected {expected}, actual version is {actual}")]
+    #[error(
+        "version conflict on stream `{}`: expected {expected}, actual version is {actual}",
+        Preview(stream)
+    )]
     Conflict {
         /// The stream appended to.
         stream: String,
@@ -33,7 +45,10 @@ pub enum Error {
     },
     /// An event id in the batch is already stored, but not as this very batch
     /// (a re-append of the exact same batch is idempotent and not an error).
-    #[error("event id {event_id} is already stored in stream `{stored_stream}` at version {stored_version}")]
+    #[error(
+        "event id {event_id} is already stored in stream `{}` at version {stored_version}",
+        Preview(stored_stream)
+    )]
     DuplicateEventId {
         /// The duplicated id.
         event_id: Uuid,
@@ -42,24 +57,59 @@ pub enum Error {
         /// The version it holds there.
         stored_version: u64,
     },
+    /// The same event id appears more than once in one batch.
+    #[error("event id {event_id} appears more than once in the batch")]
+    RepeatedEventId {
+        /// The repeated id.
+        event_id: Uuid,
+    },
     /// The stream id is not acceptable.
-    #[error("invalid stream id {stream:?}: {reason}")]
+    #[error("invalid stream id `{}`: {reason}", Preview(stream))]
     InvalidStreamId {
         /// The offending id.
         stream: String,
         /// Why it was refused.
         reason: &'static str,
     },
-    /// An event's encoded payload and metadata exceed the store's limit.
-    #[error("event {event_id} of type `{event_type}` is {size} bytes, over the limit of {limit} bytes")]
+    /// The event type name is not acceptable.
+    #[error("invalid event type `{}`: {reason}", Preview(event_type))]
+    InvalidEventType {
+        /// The offending type name.
+        event_type: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An event's type name, encoded payload and metadata exceed the
+    /// store's limit.
+    #[error(
+        "event {event_id} of type `{}` is {size} bytes, over the limit of {limit} bytes",
+        Preview(event_type)
+    )]
     PayloadTooLarge {
         /// The event's id.
         event_id: Uuid,
         /// The event's type.
         event_type: String,
-        /// Encoded size in bytes.
+        /// Type name, payload and metadata, encoded, in bytes.
         size: usize,
         /// The store's limit in bytes.
+        limit: usize,
+    },
+    /// An event's payload nests arrays and objects deeper than
+    /// [`MAX_JSON_DEPTH`](crate::event::MAX_JSON_DEPTH): every reader could
+    /// not read it back.
+    #[error(
+        "event {event_id} of type `{}` nests {depth} levels deep, over the limit of {limit}",
+        Preview(event_type)
+    )]
+    PayloadTooDeep {
+        /// The event's id.
+        event_id: Uuid,
+        /// The event's type.
+        event_type: String,
+        /// How deep its payload nests (at least `limit + 1`).
+        depth: usize,
+        /// The limit.
         limit: usize,
     },
     /// An append carried more events than the store accepts in one call.
@@ -70,17 +120,34 @@ pub enum Error {
         /// The store's limit.
         limit: usize,
     },
+    /// An event cannot be encoded so that decoding gives it back: storing
+    /// it would lose data.
+    #[error(
+        "event of type `{}` cannot be encoded faithfully: {reason}",
+        Preview(event_type)
+    )]
+    UnencodableEvent {
+        /// The event's type, as `Event::event_type` names it.
+        event_type: String,
+        /// What makes the encoding unfaithful.
+        reason: String,
+    },
     /// A stored event's type is not known to the reader.
-    #[error("unknown event type `{event_type}` (schema version {schema_version})")]
+    #[error(
+        "unknown event type `{}` (schema version {schema_version})",
+        Preview(event_type)
+    )]
     UnknownEventType {
         /// The stored type name.
         event_type: String,
         /// The stored schema version.
         schema_version: u32,
     },
-    /// A stored event's schema version can neither be used as is nor upcast.
+    /// A stored event's schema version is older than the current one and no
+    /// upcaster lifts it.
     #[error(
-        "no upcaster lifts event type `{event_type}` from schema version {found} (current version is {current})"
+        "no upcaster lifts event type `{}` from schema version {found} (current version is {current})",
+        Preview(event_type)
     )]
     UnknownSchemaVersion {
         /// The event type.
@@ -90,38 +157,86 @@ pub enum Error {
         /// The current schema version of the type, as its Rust type declares it.
         current: u32,
     },
+    /// A stored event was written by a newer build: its schema version is
+    /// above the current one this build knows.
+    #[error(
+        "event type `{}` is stored at schema version {found}, newer than this build knows \
+         (its current version here is {current}): upgrade this reader",
+        Preview(event_type)
+    )]
+    NewerSchemaVersion {
+        /// The event type.
+        event_type: String,
+        /// The stored schema version.
+        found: u32,
+        /// The current schema version of the type in this build.
+        current: u32,
+    },
     /// A payload, metadata or snapshot failed to encode or decode as JSON.
-    #[error("cannot {op} `{what}`")]
+    #[error("cannot {op} {what}: {error}")]
     Serialization {
         /// `"encode"` or `"decode"`.
         op: &'static str,
         /// The event type or snapshot that failed.
         what: String,
         /// The serde error.
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// An upcaster refused a stored payload.
-    #[error("upcaster for `{event_type}` v{from_version} failed")]
+    #[error("upcaster for `{}` v{from_version} failed: {error}", Preview(event_type))]
     Upcast {
         /// The event type.
         event_type: String,
         /// The version the upcaster lifts from.
         from_version: u32,
         /// What went wrong.
-        #[source]
-        source: BoxError,
+        error: BoxError,
+    },
+    /// A stored event cannot be turned into a [`RecordedEvent`]: a row
+    /// written by something other than strata, say. Readers of the global
+    /// log get this in its place and can go on past `global_position`.
+    ///
+    /// [`RecordedEvent`]: crate::event::RecordedEvent
+    #[error("stored event {event_id} at position {global_position} cannot be read: {reason}")]
+    UndecodableEvent {
+        /// The event's id.
+        event_id: Uuid,
+        /// Its position in the global log.
+        global_position: u64,
+        /// Why it cannot be read.
+        reason: BoxError,
+    },
+    /// A stream's stored versions are not contiguous: an event is missing.
+    #[error(
+        "stream `{}` is corrupted: version {missing_version} is missing",
+        Preview(stream)
+    )]
+    StreamCorrupted {
+        /// The stream.
+        stream: String,
+        /// The first version that is not stored although a later one is.
+        missing_version: u64,
+    },
+    /// A command id was already recorded with an outcome, so the append
+    /// that carried it stored nothing (see [`EventStore::append_command`]).
+    ///
+    /// [`EventStore::append_command`]: crate::store::EventStore::append_command
+    #[error("command {command_id} already has a recorded outcome")]
+    CommandAlreadyRecorded {
+        /// The command id.
+        command_id: Uuid,
     },
     /// The store was given a configuration it cannot use (a malformed or
-    /// foreign database URL, say). Trying again cannot help.
-    #[error("invalid configuration")]
-    Configuration(#[source] BoxError),
+    /// foreign database URL, a wrong password, an unknown database). Trying
+    /// again cannot help.
+    #[error("invalid configuration: {0}")]
+    Configuration(BoxError),
     /// The backend could not be reached or the connection was lost.
-    #[error("connection to the backend failed")]
-    Connection(#[source] BoxError),
+    #[error("connection to the backend failed: {0}")]
+    Connection(BoxError),
     /// Any other backend failure.
-    #[error("backend failure")]
-    Backend(#[source] BoxError),
+    #[error("backend failure: {0}")]
+    Backend(BoxError),
     /// A subscription or consumer was closed.
     #[error("closed")]
     Closed,
@@ -139,19 +254,68 @@ impl Error {
         matches!(self, Error::Conflict { .. } | Error::Connection(_))
     }
 
-    pub(crate) fn encode(what: impl Into<String>, source: serde_json::Error) -> Self {
+    /// [`Error::Serialization`] of `what` (say, "payload of event X")
+    /// that failed to encode.
+    pub fn encode(what: impl Into<String>, error: serde_json::Error) -> Self {
         Error::Serialization {
             op: "encode",
             what: what.into(),
-            source,
+            error,
         }
     }
 
-    pub(crate) fn decode(what: impl Into<String>, source: serde_json::Error) -> Self {
+    /// [`Error::Serialization`] of `what` that failed to decode.
+    pub fn decode(what: impl Into<String>, error: serde_json::Error) -> Self {
         Error::Serialization {
             op: "decode",
             what: what.into(),
-            source,
+            error,
         }
+    }
+}
+
+/// Displays user-supplied text (a stream id, a type name) in an error
+/// message: control characters escaped, cut after 64 characters with its
+/// full length in bytes, so a huge value never floods a log line.
+#[derive(Debug, Clone, Copy)]
+pub struct Preview<'a>(pub &'a str);
+
+impl fmt::Display for Preview<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        match self.0.char_indices().nth(SHOWN) {
+            None => write!(f, "{}", self.0.escape_debug()),
+            Some((cut, _)) => write!(f, "{}... ({} bytes)", self.0[..cut].escape_debug(), self.0.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_cut_in_messages() {
+        let long = "x".repeat(10_000);
+        let e = Error::InvalidStreamId {
+            stream: long,
+            reason: "stream id is longer than 512 bytes",
+        };
+        let text = e.to_string();
+        assert!(text.len() < 200, "{text}");
+        assert!(text.contains("(10000 bytes)"), "{text}");
+        assert_eq!(Preview("short\u{1}").to_string(), "short\\u{1}");
+    }
+
+    #[test]
+    fn display_states_the_cause_once_and_no_source_repeats_it() {
+        let cause = serde_json::from_str::<u8>("300").unwrap_err();
+        let cause_text = cause.to_string();
+        let e = Error::decode("payload of `Deposited`", cause);
+        let text = e.to_string();
+        assert_eq!(text.matches(&cause_text).count(), 1, "{text}");
+        assert!(e.source().is_none());
+        let e = Error::Backend("database \"x\" does not exist".into());
+        assert_eq!(e.to_string(), "backend failure: database \"x\" does not exist");
     }
 }

@@ -106,26 +106,52 @@ pub trait Event: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync
     }
 
     /// This event's payload as JSON, without its type name.
+    ///
+    /// The default takes serde's externally tagged form `{"Type": payload}`
+    /// (or `"Type"` for a unit variant) and keeps the payload, where `Type`
+    /// must be [`event_type`](Event::event_type). Any other shape (a
+    /// variant name that differs from `event_type()`, a struct, an
+    /// internally tagged enum) would not decode back to the same event, and
+    /// is [`Error::UnencodableEvent`]: override `encode` and `decode`
+    /// together for such types.
     fn encode(&self) -> Result<Value> {
-        let value = serde_json::to_value(self).map_err(|e| Error::encode(self.event_type(), e))?;
-        Ok(match value {
-            Value::Object(mut map) if map.len() == 1 => map.remove(self.event_type()).unwrap_or(Value::Null),
-            Value::String(_) => Value::Null,
-            other => other,
-        })
+        let event_type = self.event_type();
+        let value = serde_json::to_value(self).map_err(|e| Error::encode(format!("`{event_type}`"), e))?;
+        let unfaithful = |reason: String| Error::UnencodableEvent {
+            event_type: event_type.to_owned(),
+            reason,
+        };
+        match value {
+            Value::String(name) if name == event_type => Ok(Value::Null),
+            Value::String(name) => Err(unfaithful(format!(
+                "it serializes as the unit variant `{name}`, but event_type() is `{event_type}`"
+            ))),
+            Value::Object(mut map) if map.len() == 1 => match map.remove(event_type) {
+                Some(payload) => Ok(payload),
+                None => {
+                    let key = map.keys().next().map_or("", String::as_str);
+                    Err(unfaithful(format!(
+                        "it serializes as {{\"{key}\": ...}}, which names no variant `{event_type}` \
+                         (a variant renamed apart from event_type(), or a struct with one field)"
+                    )))
+                }
+            },
+            other => Err(unfaithful(format!(
+                "the default encoding takes an externally tagged enum variant, but it serializes as {}; \
+                 override Event::encode and Event::decode",
+                json_kind(&other)
+            ))),
+        }
     }
 
     /// Build an event from its type name and a payload at the current schema
     /// version. An unknown type is [`Error::UnknownEventType`].
     fn decode(event_type: &str, schema_version: u32, payload: Value) -> Result<Self> {
-        let tagged = if payload.is_null() {
-            Value::String(event_type.to_owned())
-        } else {
-            let mut map = serde_json::Map::with_capacity(1);
-            map.insert(event_type.to_owned(), payload);
-            Value::Object(map)
-        };
-        serde_json::from_value(tagged).map_err(|e| {
+        // `{"Type": null}` reads as a unit variant too (and as a newtype
+        // variant holding `None`), so every payload decodes the same way.
+        let mut map = serde_json::Map::with_capacity(1);
+        map.insert(event_type.to_owned(), payload);
+        serde_json::from_value(Value::Object(map)).map_err(|e| {
             // serde's enum visitor reports a missing variant as `unknown variant`.
             if e.is_data() && e.to_string().starts_with("unknown variant") {
                 Error::UnknownEventType {
@@ -133,10 +159,49 @@ pub trait Event: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync
                     schema_version,
                 }
             } else {
-                Error::decode(event_type, e)
+                Error::decode(format!("payload of `{event_type}`"), e)
             }
         })
     }
+}
+
+fn json_kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(_) => "a boolean".to_owned(),
+        Value::Number(_) => "a number".to_owned(),
+        Value::String(_) => "a string".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(map) => format!("an object with {} fields", map.len()),
+    }
+}
+
+/// Longest event type name accepted, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
+
+/// Deepest nesting of arrays and objects accepted in a payload.
+///
+/// JSON parsers limit nesting (serde_json, which reads every stored event
+/// back, stops at 128 levels); an event that could be stored but not read
+/// would stop every reader of the log at it. 64 leaves room for the
+/// envelopes a payload travels in (a JSON line of the CLI, a message on a
+/// bus).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deeply `value` nests arrays and objects (a scalar is 0, `[]` is 1),
+/// counted without recursion, so any depth is measured safely.
+pub fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth + 1))),
+            _ => continue,
+        }
+        deepest = deepest.max(depth + 1);
+    }
+    deepest
 }
 
 /// An event ready to append: encoded, with its id and metadata.
@@ -177,15 +242,53 @@ impl NewEvent {
         counter.0
     }
 
-    /// [`Error::PayloadTooLarge`] if [`encoded_size`](Self::encoded_size)
-    /// exceeds `limit` bytes.
-    pub fn check_size(&self, limit: usize) -> Result<()> {
+    /// Check that this event can be stored and read back by every reader:
+    /// [`check_shape`](Self::check_shape), then its type name plus
+    /// [`encoded_size`](Self::encoded_size) must be at most `limit` bytes
+    /// ([`Error::PayloadTooLarge`]).
+    pub fn validate(&self, limit: usize) -> Result<()> {
+        self.check_shape()?;
         self.check_encoded_size(self.encoded_size(), limit)
     }
 
-    /// [`Error::PayloadTooLarge`] if `size`, this event's encoded size as
-    /// the caller measured it, exceeds `limit` bytes.
-    pub fn check_encoded_size(&self, size: usize, limit: usize) -> Result<()> {
+    /// Check what does not depend on a size limit, before anything
+    /// serializes the payload: the type name is valid
+    /// ([`Error::InvalidEventType`]) and the payload nests at most
+    /// [`MAX_JSON_DEPTH`] levels ([`Error::PayloadTooDeep`]).
+    pub fn check_shape(&self) -> Result<()> {
+        let ty = &self.event_type;
+        let reason = if ty.is_empty() {
+            Some("event type is empty")
+        } else if ty.len() > MAX_EVENT_TYPE_LEN {
+            Some("event type is longer than 256 bytes")
+        } else if ty.chars().any(char::is_control) {
+            Some("event type contains a control character")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::InvalidEventType {
+                event_type: ty.clone(),
+                reason,
+            });
+        }
+        let depth = json_depth(&self.payload);
+        if depth > MAX_JSON_DEPTH {
+            return Err(Error::PayloadTooDeep {
+                event_id: self.event_id,
+                event_type: ty.clone(),
+                depth,
+                limit: MAX_JSON_DEPTH,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Error::PayloadTooLarge`] if the type name plus `encoded_size`, the
+    /// encoded size of payload and metadata as the caller measured it (a
+    /// store that serializes them anyway), exceeds `limit` bytes.
+    pub fn check_encoded_size(&self, encoded_size: usize, limit: usize) -> Result<()> {
+        let size = self.event_type.len() + encoded_size;
         if size > limit {
             return Err(Error::PayloadTooLarge {
                 event_id: self.event_id,
@@ -195,6 +298,18 @@ impl NewEvent {
             });
         }
         Ok(())
+    }
+
+    /// [`Error::RepeatedEventId`] if an id appears twice in `batch`.
+    pub fn check_unique_ids(batch: &[NewEvent]) -> Result<()> {
+        if batch.len() < 2 {
+            return Ok(());
+        }
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        match batch.iter().find(|e| !seen.insert(e.event_id)) {
+            Some(e) => Err(Error::RepeatedEventId { event_id: e.event_id }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -274,4 +389,143 @@ pub struct Envelope<E> {
     pub recorded_at: Option<DateTime<Utc>>,
     /// The event.
     pub event: E,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Good {
+        Opened { owner: String },
+        Tagged(Option<u32>),
+        Closed,
+    }
+
+    impl Event for Good {
+        fn event_type(&self) -> &'static str {
+            match self {
+                Good::Opened { .. } => "Opened",
+                Good::Tagged(_) => "Tagged",
+                Good::Closed => "Closed",
+            }
+        }
+    }
+
+    fn round_trip<E: Event + PartialEq>(e: &E) -> Result<E> {
+        E::decode(e.event_type(), 1, e.encode()?)
+    }
+
+    #[test]
+    fn default_encoding_round_trips_every_variant_shape() -> Result<()> {
+        for e in [
+            Good::Opened { owner: "ada".into() },
+            Good::Tagged(None),
+            Good::Tagged(Some(3)),
+            Good::Closed,
+        ] {
+            assert_eq!(round_trip(&e)?, e);
+        }
+        assert_eq!(Good::Closed.encode()?, Value::Null);
+        assert_eq!(
+            Good::Opened { owner: "a".into() }.encode()?,
+            json!({"owner": "a"})
+        );
+        Ok(())
+    }
+
+    /// `event_type()` names the variant apart from its serde name.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Renamed {
+        Deposited { amount: u64 },
+        Closed,
+    }
+
+    impl Event for Renamed {
+        fn event_type(&self) -> &'static str {
+            match self {
+                Renamed::Deposited { .. } => "MoneyDeposited",
+                Renamed::Closed => "AccountClosed",
+            }
+        }
+    }
+
+    /// A struct with a single field: `{"amount": 5}` looks like a tagged enum.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Deposited {
+        amount: u64,
+    }
+
+    impl Event for Deposited {
+        fn event_type(&self) -> &'static str {
+            "Deposited"
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    enum Internal {
+        Opened { owner: String },
+    }
+
+    impl Event for Internal {
+        fn event_type(&self) -> &'static str {
+            "Opened"
+        }
+    }
+
+    fn unencodable<E: Event>(e: E) -> String {
+        match e.encode() {
+            Err(err @ Error::UnencodableEvent { .. }) => err.to_string(),
+            other => panic!("{e:?} must not encode, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shapes_that_would_lose_the_payload_are_typed_errors() {
+        let message = unencodable(Renamed::Deposited { amount: 5 });
+        assert!(message.contains("MoneyDeposited"), "{message}");
+        unencodable(Renamed::Closed);
+        unencodable(Deposited { amount: 5 });
+        unencodable(Internal::Opened { owner: "ada".into() });
+        let err = NewEvent::from_event(&Deposited { amount: 5 }, Metadata::default()).unwrap_err();
+        assert!(matches!(err, Error::UnencodableEvent { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn depth_counts_nested_containers_without_recursion() {
+        assert_eq!(json_depth(&json!(1)), 0);
+        assert_eq!(json_depth(&json!([])), 1);
+        assert_eq!(json_depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
+        let mut deep = json!(null);
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert_eq!(json_depth(&deep), 100_000);
+        // Drop it iteratively too: serde_json's drop of such a value recurses.
+        let mut v = deep;
+        while let Value::Array(mut items) = v {
+            v = items.pop().unwrap_or(Value::Null);
+        }
+    }
+
+    #[test]
+    fn validation_counts_the_type_and_refuses_bad_names() -> Result<()> {
+        let mut e = NewEvent::from_event(&Good::Closed, Metadata::default())?;
+        let size = e.encoded_size();
+        e.validate(size + e.event_type.len())?;
+        let err = e.validate(size + e.event_type.len() - 1).unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err:?}");
+        e.event_type = String::new();
+        assert!(matches!(e.validate(1 << 20), Err(Error::InvalidEventType { .. })));
+        e.event_type = "a\nb".into();
+        assert!(matches!(e.validate(1 << 20), Err(Error::InvalidEventType { .. })));
+        let twice = vec![e.clone(), e.clone()];
+        assert!(matches!(
+            NewEvent::check_unique_ids(&twice),
+            Err(Error::RepeatedEventId { event_id }) if event_id == e.event_id
+        ));
+        Ok(())
+    }
 }

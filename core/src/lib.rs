@@ -33,7 +33,7 @@
 //!     fn event_type(&self) -> &'static str { "Added" }
 //! }
 //!
-//! #[derive(Debug, thiserror::Error)]
+//! #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 //! #[error("too many")]
 //! struct TooMany;
 //!

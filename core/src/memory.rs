@@ -11,7 +11,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent, StreamId};
 use crate::store::{
-    AppendResult, EventStore, ExpectedVersion, Snapshot, Subscription, follow, idempotent_outcome,
+    AppendResult, CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot, Subscription,
+    follow, idempotent_outcome,
 };
 
 /// Default limit on one event's encoded payload plus metadata: 1 MiB.
@@ -23,6 +24,7 @@ struct State {
     streams: HashMap<StreamId, Vec<usize>>,
     by_id: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, Snapshot>,
+    commands: HashMap<Uuid, CommandRecord>,
 }
 
 #[derive(Debug)]
@@ -70,16 +72,25 @@ impl InMemoryEventStore {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Append under the lock; with a command id, also record the command,
+    /// or store nothing if the id has a record.
     fn append_now(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        command_id: Option<Uuid>,
     ) -> Result<AppendResult> {
         for e in &events {
-            e.check_size(self.inner.max_event_size)?;
+            e.validate(self.inner.max_event_size)?;
         }
+        NewEvent::check_unique_ids(&events)?;
         let mut st = self.state();
+        if let Some(command_id) = command_id
+            && st.commands.contains_key(&command_id)
+        {
+            return Err(Error::CommandAlreadyRecorded { command_id });
+        }
         let stored: Vec<RecordedEvent> = events
             .iter()
             .filter_map(|e| st.by_id.get(&e.event_id).map(|&i| st.log[i].clone()))
@@ -93,18 +104,6 @@ impl InMemoryEventStore {
                 stream: stream.to_string(),
                 expected,
                 actual,
-            });
-        }
-        if let Some(dup) = events.iter().enumerate().find_map(|(i, e)| {
-            events[..i]
-                .iter()
-                .any(|p| p.event_id == e.event_id)
-                .then_some(e.event_id)
-        }) {
-            return Err(Error::DuplicateEventId {
-                event_id: dup,
-                stored_stream: stream.to_string(),
-                stored_version: actual,
             });
         }
         let now = Utc::now();
@@ -127,11 +126,27 @@ impl InMemoryEventStore {
             });
             positions.push(position);
         }
+        let stream_version = actual + positions.len() as u64;
+        if let Some(command_id) = command_id
+            && !positions.is_empty()
+        {
+            st.commands.insert(
+                command_id,
+                CommandRecord {
+                    command_id,
+                    stream_id: stream.clone(),
+                    decision: CommandDecision::Appended {
+                        first_version: actual + 1,
+                        last_version: stream_version,
+                    },
+                },
+            );
+        }
         let head = st.log.len() as u64;
         drop(st);
         self.inner.head.send_replace(head);
         Ok(AppendResult {
-            stream_version: actual + positions.len() as u64,
+            stream_version,
             positions,
         })
     }
@@ -144,7 +159,7 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        self.append_now(stream, expected, events)
+        self.append_now(stream, expected, events, None)
     }
 
     async fn read_stream(
@@ -195,6 +210,29 @@ impl EventStore for InMemoryEventStore {
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         Ok(self.state().snapshots.get(stream).cloned())
+    }
+
+    async fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+    ) -> Result<AppendResult> {
+        self.append_now(stream, expected, events, Some(command_id))
+    }
+
+    async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
+        let mut st = self.state();
+        if let Some(first) = st.commands.get(&record.command_id) {
+            return Ok(Some(first.clone()));
+        }
+        st.commands.insert(record.command_id, record);
+        Ok(None)
+    }
+
+    async fn read_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>> {
+        Ok(self.state().commands.get(&command_id).cloned())
     }
 
     fn subscribe(&self, after_position: u64) -> Subscription {

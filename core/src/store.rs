@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,45 @@ pub struct Snapshot {
     pub state: Value,
 }
 
+/// How a command with an id ended, as its store keeps it: an id names one
+/// outcome forever (see [`EventStore::append_command`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CommandDecision {
+    /// It appended the events at versions `first_version..=last_version`
+    /// of its stream.
+    Appended {
+        /// Version of its first event.
+        first_version: u64,
+        /// Version of its last event.
+        last_version: u64,
+    },
+    /// It was accepted but changed nothing; the stream was at `version`.
+    Unchanged {
+        /// The stream version it was decided on.
+        version: u64,
+    },
+    /// The aggregate refused it at `version`; `refusal` is the domain error,
+    /// encoded as JSON.
+    Refused {
+        /// The stream version it was decided on.
+        version: u64,
+        /// The encoded refusal.
+        refusal: Value,
+    },
+}
+
+/// The recorded outcome of one command id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// The command id.
+    pub command_id: Uuid,
+    /// The stream the command was decided on.
+    pub stream_id: StreamId,
+    /// What it did.
+    pub decision: CommandDecision,
+}
+
 /// A live, never-ending feed of the global log; see [`EventStore::subscribe`].
 pub type Subscription = BoxStream<'static, Result<RecordedEvent>>;
 
@@ -99,6 +139,16 @@ pub type Subscription = BoxStream<'static, Result<RecordedEvent>>;
 ///   exactly once.
 /// - **Subscriptions** catch up from a position and then follow new events,
 ///   with no loss and no duplicate across the switch.
+/// - **Validation**: an append checks every event with
+///   [`NewEvent::validate`] (and its batch with
+///   [`NewEvent::check_unique_ids`]) against the store's size limit, so
+///   whatever it stores, every reader can read back; a refused batch stores
+///   nothing.
+/// - **Command records**: a command id names one outcome forever.
+///   [`append_command`](EventStore::append_command) stores events and their
+///   command's record atomically, [`record_command`](EventStore::record_command)
+///   records an outcome that appended nothing, and whichever records a
+///   command id first wins: later attempts store nothing.
 pub trait EventStore: Send + Sync + 'static {
     /// Append `events` to `stream` if its version admits `expected`.
     /// An empty batch appends nothing but still checks `expected`.
@@ -110,7 +160,9 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AppendResult>> + Send;
 
     /// Up to `max_count` events of `stream` from version `from_version`
-    /// (inclusive), in version order. An unknown stream reads as empty.
+    /// (inclusive), in version order. An unknown stream reads as empty. A
+    /// stored event that cannot be read fails the read with
+    /// [`Error::UndecodableEvent`].
     fn read_stream(
         &self,
         stream: &StreamId,
@@ -123,6 +175,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Up to `max_count` events of the global log with a position above
     /// `after_position`, in log order (see the contract above).
+    ///
+    /// A stored event that cannot be read (written by something other than
+    /// strata, say) ends the page just before it; reading from there fails
+    /// with [`Error::UndecodableEvent`], which names the event and its
+    /// position, and reading after that position goes on. One bad event
+    /// never hides the others.
     fn read_all(
         &self,
         after_position: u64,
@@ -141,9 +199,36 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Follow the global log from above `after_position`: first everything
     /// already readable, then new events as they become readable. The feed
-    /// never ends by itself; an error item leaves the feed usable, and
-    /// polling on resumes from the last event delivered.
+    /// never ends by itself, and an error item leaves it usable: an
+    /// [`Error::UndecodableEvent`] item stands in for that event and the
+    /// feed goes on after it; after any other error, polling on reads again
+    /// from the last event delivered, after a pause that doubles from
+    /// [`RETRY_MIN`] to [`RETRY_MAX`] while reads keep failing.
     fn subscribe(&self, after_position: u64) -> Subscription;
+
+    /// Append `events` (at least one) as the outcome of command
+    /// `command_id`: as [`append`](EventStore::append), and in the same
+    /// atomic write, record [`CommandDecision::Appended`] under the id. If
+    /// the id already has a record, nothing is stored and the result is
+    /// [`Error::CommandAlreadyRecorded`].
+    fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Record the outcome of a command that appended nothing, unless its id
+    /// already has a record. Returns `None` when this record was stored,
+    /// else the record that was there first (and stores nothing).
+    fn record_command(
+        &self,
+        record: CommandRecord,
+    ) -> impl Future<Output = Result<Option<CommandRecord>>> + Send;
+
+    /// The recorded outcome of `command_id`, if any.
+    fn read_command(&self, command_id: Uuid) -> impl Future<Output = Result<Option<CommandRecord>>> + Send;
 
     /// Read a stream from `from_version` to its end, in batches of `batch`.
     fn read_stream_to_end(
@@ -171,12 +256,21 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
+/// First pause before a subscription reads again after a failed read.
+pub const RETRY_MIN: Duration = Duration::from_millis(50);
+
+/// Longest pause between a subscription's failed reads.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Build a [`Subscription`] from batched [`EventStore::read_all`] calls and
 /// a `wait` future that resolves when events after the given position may
 /// have become readable (a notification, a poll interval, or both).
 ///
-/// The position only moves past events that were delivered, so a failed
-/// read or wait (delivered as an `Err` item) loses and repeats nothing.
+/// The position only moves past events that were delivered, and past an
+/// [`Error::UndecodableEvent`] item, which stands in for its event. After
+/// any other failed read or wait (delivered as an `Err` item) the next read
+/// waits [`RETRY_MIN`], doubling up to [`RETRY_MAX`] while failures go on,
+/// and loses and repeats nothing.
 pub fn follow<S, W, F>(store: S, after_position: u64, batch: usize, wait: W) -> Subscription
 where
     S: EventStore + Clone,
@@ -189,6 +283,8 @@ where
         buffer: VecDeque<RecordedEvent>,
         wait: W,
         caught_up: bool,
+        /// Failed reads or waits in a row.
+        failures: u32,
     }
     let state = State {
         store,
@@ -196,6 +292,7 @@ where
         buffer: VecDeque::new(),
         wait,
         caught_up: false,
+        failures: 0,
     };
     let batch = batch.max(1);
     stream::unfold(state, move |mut st| async move {
@@ -204,21 +301,44 @@ where
                 st.position = event.global_position;
                 return Some((Ok(event), st));
             }
+            if st.failures > 0 {
+                futures_timer::Delay::new(retry_delay(st.failures)).await;
+            }
             if st.caught_up {
                 if let Err(e) = (st.wait)(st.position).await {
+                    st.failures += 1;
                     return Some((Err(e), st));
                 }
             }
             match st.store.read_all(st.position, batch).await {
                 Ok(page) => {
+                    st.failures = 0;
                     st.caught_up = page.len() < batch;
                     st.buffer.extend(page);
                 }
-                Err(e) => return Some((Err(e), st)),
+                Err(e) => {
+                    match &e {
+                        Error::UndecodableEvent { global_position, .. } if *global_position > st.position => {
+                            // It stands in for its event: go on after it.
+                            st.position = *global_position;
+                            st.failures = 0;
+                            st.caught_up = false;
+                        }
+                        _ => st.failures += 1,
+                    }
+                    return Some((Err(e), st));
+                }
             }
         }
     })
     .boxed()
+}
+
+/// The pause before reading again after `failures` failed reads in a row.
+fn retry_delay(failures: u32) -> Duration {
+    RETRY_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
 }
 
 /// Decide whether a batch whose ids may already be stored is an idempotent
@@ -226,7 +346,8 @@ where
 ///
 /// Returns the original outcome when the whole batch is stored, in order,
 /// contiguously in `stream`; `None` when none of its ids is stored; and
-/// [`Error::DuplicateEventId`] otherwise.
+/// [`Error::DuplicateEventId`] otherwise. The batch's ids must be distinct
+/// (see [`NewEvent::check_unique_ids`]).
 pub fn idempotent_outcome(
     stream: &StreamId,
     batch: &[NewEvent],
@@ -261,4 +382,17 @@ pub fn idempotent_outcome(
         stored_stream: dup.stream_id.to_string(),
         stored_version: dup.stream_version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_maximum() {
+        assert_eq!(retry_delay(1), RETRY_MIN);
+        assert_eq!(retry_delay(2), RETRY_MIN * 2);
+        assert_eq!(retry_delay(8), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 }

@@ -17,8 +17,9 @@ type UpcastFn = Arc<dyn Fn(Value) -> std::result::Result<Value, BoxError> + Send
 /// Each registered function lifts a payload of one type from version `n` to
 /// `n + 1`; [`decode`](Upcasters::decode) applies them in turn until the
 /// event type's [`current_version`](Event::current_version) is reached. A
-/// missing step, or a stored version newer than the current one, is
-/// [`Error::UnknownSchemaVersion`]; nothing is silently dropped.
+/// missing step is [`Error::UnknownSchemaVersion`], a stored version newer
+/// than the current one (written by a newer build) is
+/// [`Error::NewerSchemaVersion`]; nothing is silently dropped.
 ///
 /// ```
 /// use strata_core::upcast::Upcasters;
@@ -92,15 +93,15 @@ impl Upcasters {
                     current: target,
                 }
             })?;
-            payload = step(payload).map_err(|source| Error::Upcast {
+            payload = step(payload).map_err(|error| Error::Upcast {
                 event_type: event_type.to_owned(),
                 from_version: version,
-                source,
+                error,
             })?;
             version += 1;
         }
         if version > target {
-            return Err(Error::UnknownSchemaVersion {
+            return Err(Error::NewerSchemaVersion {
                 event_type: event_type.to_owned(),
                 found: version,
                 current: target,
@@ -176,12 +177,20 @@ mod tests {
     }
 
     #[test]
-    fn future_version_is_unknown_schema_version() {
+    fn future_version_is_newer_than_this_build() {
         let err = chain().decode::<Ev>("Renamed", 4, json!({})).unwrap_err();
         assert!(
-            matches!(err, Error::UnknownSchemaVersion { found: 4, .. }),
+            matches!(
+                err,
+                Error::NewerSchemaVersion {
+                    found: 4,
+                    current: 3,
+                    ..
+                }
+            ),
             "{err:?}"
         );
+        assert!(err.to_string().contains("newer than this build knows"), "{err}");
     }
 
     #[test]

@@ -200,3 +200,83 @@ fn events_without_upcasters_for_old_versions_break_the_round_trip_law() {
         .expect_err("v1 deposits cannot be read without the upcaster");
     assert!(violation.reason.contains("does not upcast"), "{violation}");
 }
+
+#[test]
+fn a_generator_of_mostly_refused_commands_fails_the_laws() {
+    // On a never-opened account every withdrawal is refused.
+    let withdrawals = (1u64..500).prop_map(|amount| BankCommand::Withdraw { amount });
+    let violation = Laws::<BankAccount>::new()
+        .upcasters(bank::upcasters())
+        .run(withdrawals.clone())
+        .expect_err("nothing was exercised");
+    assert!(
+        violation.reason.contains("too few commands accepted"),
+        "{violation}"
+    );
+    assert!(violation.reason.contains("0 accepted (0.0%)"), "{violation}");
+    let report = Laws::<BankAccount>::new()
+        .upcasters(bank::upcasters())
+        .min_acceptance(0.0)
+        .run(withdrawals)
+        .expect("the threshold is the user's");
+    assert_eq!(report.accepted, 0);
+    assert!(report.commands > 0);
+}
+
+#[test]
+fn the_laws_report_their_acceptance_rate() {
+    let report = Laws::<BankAccount>::new()
+        .upcasters(bank::upcasters())
+        .legacy_encoding("Deposited", 1, |v2| json!({ "value": v2["amount"] }))
+        .check_all(bank_commands());
+    assert_eq!(report.cases, 256);
+    assert!(
+        report.accepted > 0 && report.accepted < report.commands,
+        "{report}"
+    );
+    assert!(report.acceptance_rate() >= strata_core::testing::DEFAULT_MIN_ACCEPTANCE);
+}
+
+/// Bank events whose `event_type()` is not the serde variant name: the
+/// default encoding cannot store them faithfully.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Misnamed(BankEvent);
+
+impl strata_core::Event for Misnamed {
+    fn event_type(&self) -> &'static str {
+        match self.0 {
+            BankEvent::Opened { .. } => "AccountOpened",
+            _ => "Other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct MisnamedAccount(BankAccount);
+
+impl Aggregate for MisnamedAccount {
+    const TYPE: &'static str = "misnamed-account";
+    type Command = BankCommand;
+    type Event = Misnamed;
+    type Error = BankError;
+
+    fn decide(&self, command: &BankCommand) -> Result<Vec<Misnamed>, BankError> {
+        Ok(self.0.decide(command)?.into_iter().map(Misnamed).collect())
+    }
+
+    fn apply(&mut self, event: &Misnamed) {
+        self.0.apply(&event.0);
+    }
+}
+
+#[test]
+fn events_that_do_not_encode_faithfully_break_the_round_trip_law() {
+    let violation = Laws::<MisnamedAccount>::new()
+        .run(bank_commands())
+        .expect_err("the payload would be lost");
+    assert!(
+        violation.reason.contains("cannot be encoded faithfully"),
+        "{violation}"
+    );
+    assert_eq!(violation.commands.len(), 1, "not shrunk: {violation}");
+}

@@ -293,3 +293,164 @@ async fn invalid_aggregate_ids_are_typed_errors() {
         "{err:?}"
     );
 }
+
+/// A switch: `Set(on)` changes the state only if it differs, so a command
+/// can be accepted and produce no events.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Switch {
+    on: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum SwitchEvent {
+    Flipped { on: bool },
+}
+
+impl strata_core::Event for SwitchEvent {
+    fn event_type(&self) -> &'static str {
+        "Flipped"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("switch is jammed")]
+struct Jammed;
+
+impl strata_core::Aggregate for Switch {
+    const TYPE: &'static str = "switch";
+    type Command = bool;
+    type Event = SwitchEvent;
+    type Error = Jammed;
+
+    fn decide(&self, on: &bool) -> Result<Vec<SwitchEvent>, Jammed> {
+        Ok(if self.on == *on {
+            Vec::new()
+        } else {
+            vec![SwitchEvent::Flipped { on: *on }]
+        })
+    }
+
+    fn apply(&mut self, SwitchEvent::Flipped { on }: &SwitchEvent) {
+        self.on = *on;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_command_id_keeps_its_refusal_after_the_state_changed()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = InMemoryEventStore::new();
+    // Two handlers on one store stand in for two processes.
+    let (first, second) = (Handler::new(store.clone()), Handler::new(store.clone()));
+    open(&first, "acc").await?;
+    let ctx = CommandContext::with_id(Uuid::now_v7());
+    let refused = BankError::InsufficientFunds {
+        balance: 0,
+        requested: 5,
+    };
+    let err = first
+        .execute_with("acc", BankCommand::Withdraw { amount: 5 }, ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.domain(), Some(&refused));
+    first.execute("acc", BankCommand::Deposit { amount: 10 }).await?;
+    // Now the withdrawal would pass; the id still answers with its refusal.
+    let err = second
+        .execute_with("acc", BankCommand::Withdraw { amount: 5 }, ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(err.domain(), Some(&refused));
+    assert_eq!(second.load("acc").await?, (ada_with(10), 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_command_id_that_changed_nothing_keeps_that_outcome() -> Result<(), Box<dyn std::error::Error>> {
+    let store = InMemoryEventStore::new();
+    let switches = CommandHandler::<Switch, _>::new(store.clone());
+    let ctx = CommandContext::with_id(Uuid::now_v7());
+    let first = switches.execute_with("s", false, ctx.clone()).await?;
+    assert!(first.events.is_empty() && !first.deduplicated);
+    switches.execute("s", true).await?;
+    // Now `false` would flip the switch; the id answers with "no change".
+    let again = CommandHandler::<Switch, _>::new(store)
+        .execute_with("s", false, ctx)
+        .await?;
+    assert!(again.events.is_empty() && again.deduplicated, "{again:?}");
+    assert_eq!(again.stream_version, 0);
+    assert_eq!(switches.load("s").await?, (Switch { on: true }, 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_command_id_reused_for_another_stream_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+    let handler = Handler::new(InMemoryEventStore::new());
+    let id = Uuid::now_v7();
+    handler
+        .execute_with(
+            "a",
+            BankCommand::Open { owner: "ada".into() },
+            CommandContext::with_id(id),
+        )
+        .await?;
+    let err = handler
+        .execute_with(
+            "b",
+            BankCommand::Open { owner: "bob".into() },
+            CommandContext::with_id(id),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::CommandIdReused { command_id, ref first_stream, ref stream }
+                if command_id == id && first_stream == "account-a" && stream == "account-b"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        handler.load("b").await?.1,
+        0,
+        "nothing written for the second stream"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn command_errors_say_why() -> Result<(), Box<dyn std::error::Error>> {
+    let store = InMemoryEventStore::new();
+    let handler = Handler::new(store.clone());
+    open(&handler, "acc").await?;
+    let err = handler
+        .execute("acc", BankCommand::Withdraw { amount: 5 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "command refused: insufficient funds: balance 0, requested 5"
+    );
+    // A v1 deposit without its upcaster: the message names the missing step.
+    let v1 = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "Deposited".into(),
+        schema_version: 1,
+        payload: json!({ "value": 42 }),
+        metadata: Metadata::default(),
+    };
+    store
+        .append(
+            &StreamId::new("account-acc")?,
+            ExpectedVersion::Exact(1),
+            vec![v1],
+        )
+        .await?;
+    let err = handler
+        .execute("acc", BankCommand::Deposit { amount: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no upcaster lifts event type `Deposited` from schema version 1 (current version is 2)"
+    );
+    Ok(())
+}

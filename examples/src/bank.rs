@@ -78,7 +78,7 @@ pub fn upcasters() -> Upcasters {
 }
 
 /// Why an account refuses a command.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum BankError {
     /// The account was never opened, or is closed.
     #[error("account is not open")]

@@ -1,11 +1,19 @@
 //! How sqlx failures map onto [`strata_core::Error`].
+//!
+//! A database failure is kept whole as a [`DatabaseError`] inside
+//! [`Error::Connection`], [`Error::Configuration`] or [`Error::Backend`];
+//! its `Display` says what the server or driver said, once, with the
+//! SQLSTATE and any hint.
 
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::postgres::PgDatabaseError;
 use strata_core::Error;
 
 /// A stored value this crate cannot represent: a negative or oversized
-/// number, an id that is no longer a valid stream id. Returned boxed in
-/// [`Error::Backend`]; it means the table was written by something other
-/// than this crate.
+/// number, an id that is no longer a valid stream id. It means the table
+/// was written by something other than this crate.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} is out of range: {value}")]
 pub struct OutOfRange {
@@ -13,6 +21,93 @@ pub struct OutOfRange {
     pub what: &'static str,
     /// The offending value.
     pub value: i128,
+}
+
+/// A failure of the database or its driver, as sqlx reported it. Its
+/// `Display` is complete; [`sqlx_error`](DatabaseError::sqlx_error) gives
+/// the driver's error for matching.
+#[derive(Debug)]
+pub struct DatabaseError(sqlx::Error);
+
+impl DatabaseError {
+    /// The driver's error.
+    pub fn sqlx_error(&self) -> &sqlx::Error {
+        &self.0
+    }
+
+    /// The SQLSTATE the server answered with, if it answered.
+    pub fn code(&self) -> Option<String> {
+        match &self.0 {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for DatabaseError {}
+
+impl fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            sqlx::Error::Database(db) => {
+                f.write_str(db.message())?;
+                if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+                    if let Some(detail) = pg.detail() {
+                        write!(f, " ({detail})")?;
+                    }
+                    if let Some(hint) = pg.hint() {
+                        write!(f, "; hint: {hint}")?;
+                    }
+                }
+                if let Some(code) = db.code() {
+                    write!(f, " [SQLSTATE {code}]")?;
+                    let missing = matches!(&*code, "42P01" | "3F000" | "42883");
+                    if missing && db.message().contains("strata") {
+                        f.write_str("; the strata schema is missing or outdated: run `strata migrate`")?;
+                    }
+                }
+                Ok(())
+            }
+            sqlx::Error::Configuration(e) => write!(f, "{e}"),
+            sqlx::Error::Io(e) => write!(f, "{e}"),
+            sqlx::Error::Tls(e) => write!(f, "TLS: {e}"),
+            sqlx::Error::PoolTimedOut => f.write_str(
+                "timed out waiting for a database connection: every pooled connection is busy, \
+                 or new ones cannot be opened",
+            ),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// A first connection that could not be opened before the deadline: what
+/// the last attempt got, or that the server never answered.
+#[derive(Debug)]
+pub struct ConnectTimeout {
+    /// `host:port` (or socket) tried.
+    pub server: String,
+    /// How long attempts went on.
+    pub waited: Duration,
+    /// What the last attempt got; `None` if it was still waiting for an
+    /// answer at the deadline.
+    pub last_attempt: Option<DatabaseError>,
+}
+
+impl std::error::Error for ConnectTimeout {}
+
+impl fmt::Display for ConnectTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no connection to {} within {:.1} s: ",
+            self.server,
+            self.waited.as_secs_f64()
+        )?;
+        match &self.last_attempt {
+            Some(e) => write!(f, "the last attempt got: {e}"),
+            None => f.write_str("the server did not answer"),
+        }
+    }
 }
 
 /// Whether a sqlx error means the database could not be reached or the
@@ -32,15 +127,34 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Wrap a sqlx error as [`Error::Connection`] or [`Error::Backend`].
-pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {
-    if matches!(e, sqlx::Error::Configuration(_)) {
-        Error::Configuration(Box::new(e))
-    } else if is_connection_error(&e) {
-        Error::Connection(Box::new(e))
-    } else {
-        Error::Backend(Box::new(e))
+/// Whether a sqlx error is a setting that no retry can fix: a malformed
+/// URL, a wrong password, an unknown role or database.
+pub fn is_configuration_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Configuration(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 28: invalid authorization (wrong password, unknown role);
+            // 3D000: unknown database.
+            code.starts_with("28") || code == "3D000"
+        }),
+        _ => false,
     }
+}
+
+/// Wrap a sqlx error as [`Error::Configuration`], [`Error::Connection`] or
+/// [`Error::Backend`].
+pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {
+    if is_configuration_error(&e) {
+        Error::Configuration(Box::new(DatabaseError(e)))
+    } else if is_connection_error(&e) {
+        Error::Connection(Box::new(DatabaseError(e)))
+    } else {
+        Error::Backend(Box::new(DatabaseError(e)))
+    }
+}
+
+pub(crate) fn database_error(e: sqlx::Error) -> DatabaseError {
+    DatabaseError(e)
 }
 
 /// Wrap a migration failure.
@@ -72,19 +186,29 @@ pub(crate) fn out_of_range(what: &'static str, value: impl Into<i128>) -> Error 
     }))
 }
 
+/// An [`ExpectedVersion`](strata_core::ExpectedVersion) variant this
+/// version of the crate does not know (the enum is non-exhaustive).
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported expected version: {0}")]
+pub struct UnsupportedExpectedVersion(pub strata_core::ExpectedVersion);
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn pool_timeout_is_a_connection_error() {
-        assert!(matches!(
-            from_sqlx(sqlx::Error::PoolTimedOut),
-            Error::Connection(_)
-        ));
+    fn errors_are_classified_and_said_once() {
+        let timeout = from_sqlx(sqlx::Error::PoolTimedOut);
+        assert!(matches!(timeout, Error::Connection(_)));
+        assert!(
+            timeout
+                .to_string()
+                .starts_with("connection to the backend failed: timed out")
+        );
         assert!(matches!(from_sqlx(sqlx::Error::RowNotFound), Error::Backend(_)));
-        let bad_url = sqlx::Error::Configuration("invalid port number".into());
-        assert!(matches!(from_sqlx(bad_url), Error::Configuration(_)));
+        let bad_url = from_sqlx(sqlx::Error::Configuration("invalid port number".into()));
+        assert!(matches!(bad_url, Error::Configuration(_)));
+        assert_eq!(bad_url.to_string(), "invalid configuration: invalid port number");
     }
 
     #[test]
@@ -96,9 +220,3 @@ mod tests {
         assert_eq!(e.to_string(), "stream_version is out of range: -1");
     }
 }
-
-/// An [`ExpectedVersion`](strata_core::ExpectedVersion) variant this
-/// version of the crate does not know (the enum is non-exhaustive).
-#[derive(Debug, thiserror::Error)]
-#[error("unsupported expected version: {0}")]
-pub struct UnsupportedExpectedVersion(pub strata_core::ExpectedVersion);

@@ -1,7 +1,8 @@
 //! Commit notifications: one `LISTEN strata_events` connection per store,
 //! shared by all its subscriptions through a watch channel.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -17,25 +18,39 @@ pub const CHANNEL: &str = "strata_events";
 /// busy store sends at most one `NOTIFY` per interval.
 const COALESCE: Duration = Duration::from_millis(10);
 
-/// Counts notifications (and reconnects, after which some may have been
-/// lost); a change means "read the log again". Also publishes this store's
+/// What woke subscriptions so far; a change means "read the log again".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Wakes {
+    /// Commits announced: by a notification, or by an append of this store.
+    pub(crate) commits: u64,
+    /// Times `LISTEN` was (re-)established: notifications may have been
+    /// missed before, but nothing says an event committed.
+    pub(crate) listens: u64,
+}
+
+/// Counts notifications and reconnects; also publishes this store's
 /// appends to other processes.
 #[derive(Debug)]
 pub(crate) struct Notifier {
-    tx: Arc<watch::Sender<u64>>,
+    tx: Arc<watch::Sender<Wakes>>,
     task: Mutex<Option<JoinHandle<()>>>,
     appended: Arc<Notify>,
-    /// Started by the first append; ends by itself once the store is gone.
-    publisher: OnceLock<JoinHandle<()>>,
+    /// Whether a publisher task is alive. The task clears it when it ends,
+    /// also when its runtime shuts down and drops it, so the next append
+    /// (from whatever runtime) starts a new one.
+    publishing: Arc<AtomicBool>,
+    /// Held while starting a publisher, so only one starts.
+    starting: Mutex<()>,
 }
 
 impl Notifier {
     pub(crate) fn new() -> Self {
         Notifier {
-            tx: Arc::new(watch::channel(0).0),
+            tx: Arc::new(watch::channel(Wakes::default()).0),
             task: Mutex::new(None),
             appended: Arc::new(Notify::new()),
-            publisher: OnceLock::new(),
+            publishing: Arc::new(AtomicBool::new(false)),
+            starting: Mutex::new(()),
         }
     }
 
@@ -49,14 +64,25 @@ impl Notifier {
     /// than waking a task; it is only a wake-up, subscribers poll as well.
     pub(crate) fn appended(&self, pool: &PgPool) {
         bump(&self.tx);
-        self.publisher
-            .get_or_init(|| tokio::spawn(publish(pool.clone(), self.appended.clone())));
+        if !self.publishing.load(Ordering::Acquire) {
+            self.start_publisher(pool);
+        }
         self.appended.notify_one();
     }
 
-    /// A receiver of the notification counter, starting the listening task
-    /// if it is not running. Must be called within a Tokio runtime.
-    pub(crate) fn subscribe(&self, pool: &PgPool, retry: Duration) -> watch::Receiver<u64> {
+    fn start_publisher(&self, pool: &PgPool) {
+        let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if self.publishing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let alive = Alive(self.publishing.clone());
+        tokio::spawn(publish(pool.clone(), self.appended.clone(), alive));
+    }
+
+    /// A receiver of the wake-up counts, starting the listening task if it
+    /// is not running (it ends with the runtime it ran on). Must be called
+    /// within a Tokio runtime.
+    pub(crate) fn subscribe(&self, pool: &PgPool, retry: Duration) -> watch::Receiver<Wakes> {
         let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
         if task.as_ref().is_none_or(JoinHandle::is_finished) {
             *task = Some(tokio::spawn(listen(pool.clone(), self.tx.clone(), retry)));
@@ -77,7 +103,16 @@ impl Drop for Notifier {
     }
 }
 
-async fn publish(pool: PgPool, appended: Arc<Notify>) {
+/// Clears the publisher's flag when the task ends, however it ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+async fn publish(pool: PgPool, appended: Arc<Notify>, _alive: Alive) {
     loop {
         appended.notified().await;
         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
@@ -95,11 +130,11 @@ async fn publish(pool: PgPool, appended: Arc<Notify>) {
     }
 }
 
-fn bump(tx: &watch::Sender<u64>) {
-    tx.send_modify(|n| *n = n.wrapping_add(1));
+fn bump(tx: &watch::Sender<Wakes>) {
+    tx.send_modify(|w| w.commits = w.commits.wrapping_add(1));
 }
 
-async fn listen(pool: PgPool, tx: Arc<watch::Sender<u64>>, retry: Duration) {
+async fn listen(pool: PgPool, tx: Arc<watch::Sender<Wakes>>, retry: Duration) {
     loop {
         let listening = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -118,7 +153,7 @@ async fn listen(pool: PgPool, tx: Arc<watch::Sender<u64>>, retry: Duration) {
         // Only now that LISTEN is in place: whatever committed while nobody
         // listened is found by the read this wake-up causes, and whatever
         // commits later is announced on this connection.
-        bump(&tx);
+        tx.send_modify(|w| w.listens = w.listens.wrapping_add(1));
         loop {
             match listener.try_recv().await {
                 Ok(Some(_)) => bump(&tx),

@@ -1,13 +1,14 @@
 //! [`PgEventStoreOptions`]: how to connect and tune a [`PgEventStore`].
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::postgres::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 use strata_core::{Error, Result};
 
-use crate::error::{UnsupportedUrlScheme, from_sqlx};
+use crate::error::{ConnectTimeout, UnsupportedUrlScheme, database_error, from_sqlx, is_connection_error};
 use crate::store::PgEventStore;
 
 /// Default limit on one event's encoded payload plus metadata: 1 MiB.
@@ -111,9 +112,15 @@ impl PgEventStoreOptions {
     }
 
     /// Connect the pool (at least one connection is opened now) and build
-    /// the store. An unreachable server is [`Error::Connection`]; a
-    /// malformed URL, or a scheme other than `postgres` or `postgresql`, is
-    /// [`Error::Configuration`].
+    /// the store.
+    ///
+    /// A server that refuses connections or does not answer is tried again,
+    /// with back-off, until the acquire timeout; then the result is
+    /// [`Error::Connection`] saying what the last attempt got
+    /// ([`ConnectTimeout`](crate::error::ConnectTimeout)). A malformed
+    /// URL, a scheme other than `postgres` or `postgresql`, a wrong
+    /// password, an unknown role or database is [`Error::Configuration`],
+    /// at once.
     pub async fn connect(self) -> Result<PgEventStore> {
         // sqlx reads any scheme as PostgreSQL, and would then wait out the
         // acquire timeout on, say, a MySQL URL.
@@ -124,6 +131,7 @@ impl PgEventStoreOptions {
             })));
         }
         let connect = PgConnectOptions::from_str(&self.url).map_err(from_sqlx)?;
+        first_connection(&connect, self.acquire_timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
@@ -138,4 +146,46 @@ impl PgEventStoreOptions {
     pub fn with_pool(self, pool: PgPool) -> PgEventStore {
         PgEventStore::build(pool, self)
     }
+}
+
+/// Open (and close) one connection, trying again while the server refuses
+/// or cannot accept connections yet, for at most `within`. The pool would
+/// wait the same way, but then report only that it timed out.
+async fn first_connection(options: &PgConnectOptions, within: Duration) -> Result<()> {
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut backoff = Duration::from_millis(10);
+    let mut last_attempt;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, PgConnection::connect_with(options)).await {
+            Ok(Ok(conn)) => {
+                // Only a probe: the pool opens its own.
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) if is_connection_error(&e) => last_attempt = Some(database_error(e)),
+            Ok(Err(e)) => return Err(from_sqlx(e)),
+            Err(_) => {
+                // Still waiting for an answer at the deadline.
+                last_attempt = None;
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    let server = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    Err(Error::Connection(Box::new(ConnectTimeout {
+        server,
+        waited: started.elapsed(),
+        last_attempt,
+    })))
 }

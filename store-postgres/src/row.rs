@@ -4,21 +4,25 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+use strata_core::store::{CommandDecision, CommandRecord};
 use strata_core::{Error, Metadata, RecordedEvent, Result, Snapshot, StreamId};
 use uuid::Uuid;
 
 use crate::error::out_of_range;
 
 /// The columns every event query selects, in [`EventRow`] order.
-/// Metadata comes as text: it is parsed once, straight into [`Metadata`].
+/// Payload and metadata come as text and are parsed here, row by row, so
+/// that a row that does not parse fails alone, naming its event, instead
+/// of failing the whole query (as a `jsonb` column the driver would parse
+/// them while fetching). Metadata is parsed straight into [`Metadata`].
 pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, \
-     event_type, schema_version, payload, metadata::text AS metadata, recorded_at";
+     event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at";
 
 /// [`EVENT_COLUMNS`] for reading one stream, whose id the reader knows: the
 /// id is neither sent nor decoded again for every row.
 pub(crate) const STREAM_EVENT_COLUMNS: &str = "global_position, NULL::text AS stream_id, \
-     stream_version, event_id, event_type, schema_version, payload, metadata::text AS metadata, \
-     recorded_at";
+     stream_version, event_id, event_type, schema_version, payload::text AS payload, \
+     metadata::text AS metadata, recorded_at";
 
 #[derive(Debug)]
 pub(crate) struct EventRow {
@@ -28,7 +32,7 @@ pub(crate) struct EventRow {
     event_id: Uuid,
     event_type: String,
     schema_version: i32,
-    payload: Value,
+    payload: String,
     metadata: String,
     recorded_at: DateTime<Utc>,
 }
@@ -61,19 +65,29 @@ impl TryFrom<EventRow> for RecordedEvent {
 
 impl EventRow {
     /// The stored event; `stream` stands in for a stream id not selected.
+    /// A row that cannot be read is [`Error::UndecodableEvent`], naming the
+    /// event, its position and why.
     fn into_recorded(self, stream: Option<&StreamId>) -> Result<RecordedEvent> {
+        let (event_id, position) = (self.event_id, self.global_position);
+        self.decode(stream).map_err(|reason| Error::UndecodableEvent {
+            event_id,
+            // Only a position strata reads (above 0) can be gone past.
+            global_position: u64::try_from(position).unwrap_or(0),
+            reason: reason.into(),
+        })
+    }
+
+    fn decode(self, stream: Option<&StreamId>) -> Result<RecordedEvent> {
         let row = self;
         let stream_id = match (row.stream_id, stream) {
             (Some(id), _) => StreamId::new(id)?,
             (None, Some(stream)) => stream.clone(),
             (None, None) => return Err(Error::Backend("event row without a stream id".into())),
         };
-        let metadata: Metadata =
-            serde_json::from_str(&row.metadata).map_err(|source| Error::Serialization {
-                op: "decode",
-                what: format!("metadata of event {}", row.event_id),
-                source,
-            })?;
+        let metadata: Metadata = serde_json::from_str(&row.metadata)
+            .map_err(|e| Error::decode(format!("metadata of event {}", row.event_id), e))?;
+        let payload: Value = serde_json::from_str(&row.payload)
+            .map_err(|e| Error::decode(format!("payload of event {}", row.event_id), e))?;
         Ok(RecordedEvent {
             event_id: row.event_id,
             stream_id,
@@ -82,40 +96,99 @@ impl EventRow {
             event_type: row.event_type,
             schema_version: u32::try_from(row.schema_version)
                 .map_err(|_| out_of_range("schema_version", row.schema_version))?,
-            payload: row.payload,
+            payload,
             metadata,
             recorded_at: row.recorded_at,
         })
     }
 }
 
+/// The events of a page of the global log, in order, up to the first row
+/// that cannot be read: a page that starts with one is
+/// [`Error::UndecodableEvent`], any other page ends before it (the next
+/// read starts there), so one bad row never hides the good ones before it.
+pub(crate) fn to_log_page(rows: Vec<EventRow>) -> Result<Vec<RecordedEvent>> {
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.into_recorded(None) {
+            Ok(e) => events.push(e),
+            Err(e) if events.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(events)
+}
+
+/// Rows selected with [`EVENT_COLUMNS`], all of which must be readable.
 pub(crate) fn to_events(rows: Vec<EventRow>) -> Result<Vec<RecordedEvent>> {
     rows.into_iter().map(|r| r.into_recorded(None)).collect()
 }
 
-/// Rows of one stream selected with [`STREAM_EVENT_COLUMNS`].
+/// Rows of one stream selected with [`STREAM_EVENT_COLUMNS`]. A stream
+/// cannot be read past a missing event, so any unreadable row fails it.
 pub(crate) fn to_stream_events(rows: Vec<EventRow>, stream: &StreamId) -> Result<Vec<RecordedEvent>> {
     rows.into_iter().map(|r| r.into_recorded(Some(stream))).collect()
 }
 
+/// A snapshot, its state as text (see [`EVENT_COLUMNS`] for why).
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct SnapshotRow {
     stream_id: String,
     stream_version: i64,
     schema_version: i32,
-    state: Value,
+    state: String,
 }
 
 impl TryFrom<SnapshotRow> for Snapshot {
     type Error = Error;
 
     fn try_from(row: SnapshotRow) -> Result<Self> {
+        let state = serde_json::from_str(&row.state)
+            .map_err(|e| Error::decode(format!("snapshot state of stream `{}`", row.stream_id), e))?;
         Ok(Snapshot {
             stream_id: StreamId::new(row.stream_id)?,
             stream_version: to_u64("stream_version", row.stream_version)?,
             schema_version: u32::try_from(row.schema_version)
                 .map_err(|_| out_of_range("schema_version", row.schema_version))?,
-            state: row.state,
+            state,
+        })
+    }
+}
+
+/// A row of `strata.commands`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CommandRow {
+    stream_id: String,
+    decision: String,
+    first_version: Option<i64>,
+    version: i64,
+    refusal: Option<String>,
+}
+
+impl CommandRow {
+    pub(crate) fn into_record(self, command_id: Uuid) -> Result<CommandRecord> {
+        let version = to_u64("version", self.version)?;
+        let decision = match (self.decision.as_str(), self.first_version, self.refusal) {
+            ("appended", Some(first), _) => CommandDecision::Appended {
+                first_version: to_u64("first_version", first)?,
+                last_version: version,
+            },
+            ("unchanged", _, _) => CommandDecision::Unchanged { version },
+            ("refused", _, Some(refusal)) => CommandDecision::Refused {
+                version,
+                refusal: serde_json::from_str(&refusal)
+                    .map_err(|e| Error::decode(format!("refusal of command {command_id}"), e))?,
+            },
+            (other, _, _) => {
+                return Err(Error::Backend(
+                    format!("command {command_id} has an unknown decision {other:?}").into(),
+                ));
+            }
+        };
+        Ok(CommandRecord {
+            command_id,
+            stream_id: StreamId::new(self.stream_id)?,
+            decision,
         })
     }
 }
@@ -147,9 +220,24 @@ mod tests {
             event_id: Uuid::nil(),
             event_type: "Added".into(),
             schema_version: 1,
-            payload: Value::Null,
+            payload: "null".to_owned(),
             metadata: "{}".to_owned(),
             recorded_at: Utc::now(),
+        }
+    }
+
+    /// The reason an undecodable row gives, after checking it names the row.
+    fn undecodable(r: EventRow) -> String {
+        match RecordedEvent::try_from(r) {
+            Err(Error::UndecodableEvent {
+                event_id,
+                global_position,
+                reason,
+            }) => {
+                assert_eq!((event_id, global_position), (Uuid::nil(), 1 << 20 | 1));
+                reason.to_string()
+            }
+            other => panic!("expected an undecodable event, got {other:?}"),
         }
     }
 
@@ -157,29 +245,40 @@ mod tests {
     fn negative_numbers_are_typed_errors() {
         let mut r = row();
         r.stream_version = -3;
-        assert!(matches!(RecordedEvent::try_from(r), Err(Error::Backend(_))));
+        assert!(undecodable(r).contains("stream_version is out of range: -3"));
         let mut r = row();
         r.schema_version = -1;
-        assert!(matches!(RecordedEvent::try_from(r), Err(Error::Backend(_))));
+        assert!(undecodable(r).contains("schema_version"));
     }
 
     #[test]
-    fn odd_metadata_is_a_serialization_error() {
+    fn odd_metadata_and_payloads_name_their_event() {
         let mut r = row();
         r.metadata = r#"{"correlation_id": 5}"#.to_owned();
-        assert!(matches!(
-            RecordedEvent::try_from(r),
-            Err(Error::Serialization { .. })
-        ));
+        assert!(undecodable(r).starts_with("cannot decode metadata"));
+        let mut r = row();
+        r.payload = "[1e400]".to_owned();
+        assert!(undecodable(r).starts_with("cannot decode payload"));
     }
 
     #[test]
     fn stored_stream_id_with_control_char_is_refused() {
         let mut r = row();
         r.stream_id = Some("a\u{1}b".into());
+        assert!(undecodable(r).starts_with("invalid stream id"));
+    }
+
+    #[test]
+    fn a_log_page_ends_before_its_first_unreadable_row() {
+        let mut bad = row();
+        bad.payload = "{".to_owned();
+        let page = to_log_page(vec![row(), row(), bad, row()]).unwrap();
+        assert_eq!(page.len(), 2);
+        let mut bad = row();
+        bad.payload = "{".to_owned();
         assert!(matches!(
-            RecordedEvent::try_from(r),
-            Err(Error::InvalidStreamId { .. })
+            to_log_page(vec![bad, row()]),
+            Err(Error::UndecodableEvent { .. })
         ));
     }
 

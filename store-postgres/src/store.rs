@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
 use sqlx::{PgExecutor, PgPool, Postgres};
-use strata_core::store::{follow, idempotent_outcome};
+use strata_core::store::{CommandDecision, CommandRecord, follow, idempotent_outcome};
 use strata_core::{
     AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot, StreamId,
     Subscription,
@@ -17,11 +17,11 @@ use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_uniqu
 use crate::group::{Entry, Grouped, Grouper};
 use crate::horizon::Horizon;
 use crate::known::KnownVersions;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Wakes};
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
 use crate::row::{
-    EVENT_COLUMNS, EventRow, STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events, to_i64_saturating,
-    to_stream_events, to_u64,
+    CommandRow, EVENT_COLUMNS, EventRow, STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events,
+    to_i64_saturating, to_log_page, to_stream_events, to_u64,
 };
 
 /// How many times an append that admits its expected version is tried
@@ -50,6 +50,27 @@ INSERT INTO strata.events
 SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
 FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
          WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
+)
+SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok";
+
+/// [`APPEND_SQL`] that also records command `$9` as having appended the
+/// batch, in the same statement: a command id already recorded fails it
+/// with a unique violation on `commands_pkey`, and stores nothing.
+const APPEND_COMMAND_SQL: &str = "\
+WITH cur AS MATERIALIZED (
+    SELECT coalesce(max(stream_version), 0) AS v, pg_current_xact_id()::text::bigint << 20 AS base
+    FROM strata.events WHERE stream_id = $1
+), ok AS MATERIALIZED (
+    SELECT v, base FROM cur WHERE ($7::bigint IS NULL OR v = $7) AND (NOT $8::bool OR v > 0)
+), ins AS (
+INSERT INTO strata.events
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
+FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
+         WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
+), cmd AS (
+INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version)
+SELECT $9, $1, 'appended', ok.v + 1, ok.v + cardinality($2::uuid[]) FROM ok
 )
 SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok";
 
@@ -85,7 +106,9 @@ const MIN_RECHECK: Duration = Duration::from_millis(5);
 /// What a subscription's wait remembers between waits.
 #[derive(Debug)]
 struct WaitState {
-    rx: Option<tokio::sync::watch::Receiver<u64>>,
+    rx: Option<tokio::sync::watch::Receiver<Wakes>>,
+    /// The wake-ups seen so far.
+    seen: Wakes,
     /// The position when the previous wait began.
     last_position: u64,
     /// Whether events are expected: the previous wait ended by a
@@ -163,19 +186,37 @@ impl PgEventStore {
     /// `strata_store_held_back_events` and
     /// `strata_store_oldest_transaction_age_seconds`.
     pub async fn horizon(&self) -> Result<Horizon> {
-        let (below, held, age, pid): (i64, i64, Option<f64>, Option<i32>) = sqlx::query_as(
+        type Row = (
+            i64,
+            i64,
+            Option<f64>,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        // The horizon is the oldest transaction id still running: a
+        // backend's, or a prepared transaction's (which no backend shows).
+        let (below, held, age, pid, gid, database, user, state): Row = sqlx::query_as(
             "WITH h AS (
                  SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below
-             ), o AS (
-                 SELECT pid, extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age
+             ), holders AS (
+                 SELECT backend_xid AS xid, pid, NULL::text AS gid,
+                        extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age,
+                        datname::text AS database, usename::text AS owner, state
                  FROM pg_stat_activity
                  WHERE backend_xid IS NOT NULL
-                 ORDER BY age(backend_xid) DESC
-                 LIMIT 1
+                 UNION ALL
+                 SELECT transaction, NULL, gid, extract(epoch FROM clock_timestamp() - prepared)::float8,
+                        database::text, owner::text, 'prepared'
+                 FROM pg_prepared_xacts
+             ), o AS (
+                 SELECT * FROM holders ORDER BY age(xid) DESC LIMIT 1
              )
              SELECT h.below,
                     (SELECT count(*) FROM strata.events WHERE global_position >= h.below),
-                    o.age, o.pid
+                    o.age, o.pid, o.gid, o.database, o.owner, o.state
              FROM h LEFT JOIN o ON true",
         )
         .fetch_one(&self.inner.pool)
@@ -186,6 +227,10 @@ impl PgEventStore {
             held_back_events: to_u64("held back events", held)?,
             oldest_transaction_age_seconds: age,
             oldest_transaction_pid: pid,
+            oldest_prepared_gid: gid,
+            oldest_transaction_database: database,
+            oldest_transaction_user: user,
+            oldest_transaction_state: state,
         };
         metrics::gauge!("strata_store_horizon_position").set(horizon.readable_below as f64);
         metrics::gauge!("strata_store_held_back_events").set(horizon.held_back_events as f64);
@@ -216,13 +261,17 @@ impl PgEventStore {
         to_events(rows)
     }
 
+    /// Append, with a command to record atomically with the events, if any.
     async fn append_now(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        command: Option<Uuid>,
     ) -> Result<AppendResult> {
         self.check_batch(&events)?;
+        let batch = Arc::new(Batch::new(&events, self.inner.max_event_size)?);
+        NewEvent::check_unique_ids(&events)?;
         if events.is_empty() {
             let actual = version_of(&self.inner.pool, stream).await?;
             return if expected.admits(actual) {
@@ -235,43 +284,30 @@ impl PgEventStore {
             };
         }
         let (exact, must_exist) = expectation(expected)?;
-        let batch = Arc::new(Batch::new(&events, self.inner.max_event_size)?);
-        let repeated_id = if events.len() > 1 {
-            let mut seen = std::collections::HashSet::with_capacity(events.len());
-            events
-                .iter()
-                .find_map(|e| (!seen.insert(e.event_id)).then_some(e.event_id))
-        } else {
-            None
-        };
+        let (pool, known) = (&self.inner.pool, &*self.inner.known);
         for attempt in 1.. {
-            if repeated_id.is_none() {
-                let inserted = if attempt == 1 {
-                    self.first_insert(stream, exact, must_exist, &batch).await
-                } else {
-                    insert_alone(
-                        &self.inner.pool,
-                        &self.inner.known,
-                        stream,
-                        exact,
-                        must_exist,
-                        &batch,
-                    )
-                    .await
-                };
-                match inserted {
-                    Ok(Some((result, table))) => {
-                        self.inner.known.record(table, stream, result.stream_version);
-                        self.inner.notifier.appended(&self.inner.pool);
-                        metrics::counter!("strata_store_appended_events_total")
-                            .increment(events.len() as u64);
-                        return Ok(result);
-                    }
-                    Ok(None) => {}
-                    Err(InsertError::Sql(e)) if is_unique_violation(&e) => {}
-                    Err(InsertError::Sql(e)) => return Err(from_sqlx(e)),
-                    Err(InsertError::Other(e)) => return Err(e),
+            let inserted = match command {
+                Some(command_id) => insert_command(pool, stream, exact, must_exist, &batch, command_id).await,
+                None if attempt == 1 => self.first_insert(stream, exact, must_exist, &batch).await,
+                None => insert_alone(pool, known, stream, exact, must_exist, &batch).await,
+            };
+            match inserted {
+                Ok(Some((result, table))) => {
+                    self.inner.known.record(table, stream, result.stream_version);
+                    self.inner.notifier.appended(&self.inner.pool);
+                    metrics::counter!("strata_store_appended_events_total").increment(events.len() as u64);
+                    return Ok(result);
                 }
+                Ok(None) => {}
+                Err(InsertError::Sql(e)) if is_unique_violation(&e) => {
+                    if let Some(command_id) = command
+                        && self.read_command(command_id).await?.is_some()
+                    {
+                        return Err(Error::CommandAlreadyRecorded { command_id });
+                    }
+                }
+                Err(InsertError::Sql(e)) => return Err(from_sqlx(e)),
+                Err(InsertError::Other(e)) => return Err(e),
             }
             // Rejected: an idempotent re-append, a duplicate id, a real
             // conflict, or a concurrent writer that took our version.
@@ -283,13 +319,6 @@ impl PgEventStore {
             if !expected.admits(actual) || attempt >= MAX_APPEND_ATTEMPTS {
                 metrics::counter!("strata_store_append_conflicts_total").increment(1);
                 return Err(conflict(stream, expected, actual));
-            }
-            if let Some(event_id) = repeated_id {
-                return Err(Error::DuplicateEventId {
-                    event_id,
-                    stored_stream: stream.to_string(),
-                    stored_version: actual,
-                });
             }
             tracing::debug!(stream = %stream, attempt, "append raced with another writer, trying again");
         }
@@ -343,7 +372,8 @@ async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<
     to_u64("stream_version", v)
 }
 
-/// A batch encoded as the append's column arrays. Payload and metadata are
+/// A batch encoded as the append's column arrays, each event validated
+/// ([`NewEvent::check_shape`], then its size). Payload and metadata are
 /// serialized once, to JSON text: that text is both what the size limit
 /// counts and what is sent (PostgreSQL parses it into `jsonb`).
 pub(crate) struct Batch {
@@ -368,12 +398,11 @@ impl Batch {
             metadata: Vec::with_capacity(events.len()),
         };
         for e in events {
+            // Before serializing: a payload too deep for readers is refused
+            // without walking it recursively.
+            e.check_shape()?;
             let encode = |what: &str, r: serde_json::Result<String>| {
-                r.map_err(|source| Error::Serialization {
-                    op: "encode",
-                    what: format!("{what} of event {}", e.event_id),
-                    source,
-                })
+                r.map_err(|error| Error::encode(format!("{what} of event {}", e.event_id), error))
             };
             let payload = encode("payload", serde_json::to_string(&e.payload))?;
             let metadata = encode("metadata", serde_json::to_string(&e.metadata))?;
@@ -474,6 +503,32 @@ fn appended(
     Ok((result, table))
 }
 
+/// Run [`APPEND_COMMAND_SQL`]: the append and the record of command
+/// `command_id`, in one statement.
+async fn insert_command(
+    pool: &PgPool,
+    stream: &StreamId,
+    exact: Option<i64>,
+    must_exist: bool,
+    batch: &Batch,
+    command_id: Uuid,
+) -> Result<Option<(AppendResult, i64)>, InsertError> {
+    let row: Option<(i64, i64, i64)> = sqlx::query_as(APPEND_COMMAND_SQL)
+        .bind(stream.as_str())
+        .bind(&batch.ids)
+        .bind(&batch.types)
+        .bind(&batch.schema_versions)
+        .bind(&batch.payloads)
+        .bind(&batch.metadata)
+        .bind(exact)
+        .bind(must_exist)
+        .bind(command_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(InsertError::Sql)?;
+    row.map(|row| appended(row, batch.len())).transpose()
+}
+
 /// An append as its own statement. A single event expected at a version
 /// `known` holds as committed (or at 0) goes without reading the stream's
 /// version first (see [`crate::known`]).
@@ -565,7 +620,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        self.append_now(stream, expected, events).await
+        self.append_now(stream, expected, events, None).await
     }
 
     async fn read_stream(
@@ -613,7 +668,7 @@ impl EventStore for PgEventStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(from_sqlx)?;
-        to_events(rows)
+        to_log_page(rows)
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
@@ -652,7 +707,7 @@ impl EventStore for PgEventStore {
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         let row: Option<SnapshotRow> = sqlx::query_as(
-            "SELECT stream_id, stream_version, schema_version, state
+            "SELECT stream_id, stream_version, schema_version, state::text AS state
              FROM strata.snapshots WHERE stream_id = $1",
         )
         .bind(stream.as_str())
@@ -669,8 +724,10 @@ impl EventStore for PgEventStore {
         let rx = tokio::runtime::Handle::try_current()
             .ok()
             .map(|_| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
+        let seen = rx.as_ref().map(|rx| *rx.borrow()).unwrap_or_default();
         let state = Arc::new(tokio::sync::Mutex::new(WaitState {
             rx,
+            seen,
             last_position: after_position,
             expecting: true,
             recheck: MIN_RECHECK,
@@ -698,13 +755,82 @@ impl EventStore for PgEventStore {
                 let rx = st
                     .rx
                     .get_or_insert_with(|| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
-                // A notification or the timeout, whichever comes first.
-                let notified = tokio::time::timeout(timeout, rx.changed()).await.is_ok();
+                // A wake-up or the timeout, whichever comes first. Only an
+                // announced commit makes events expected: `LISTEN` coming
+                // back after a reconnect announces nothing.
+                let woken = tokio::time::timeout(timeout, rx.changed()).await.is_ok();
+                let wakes = *rx.borrow_and_update();
+                let notified = woken && wakes.commits != st.seen.commits;
+                st.seen = wakes;
                 st.expecting = notified || held_back;
                 st.last_position = position;
                 Ok(())
             }
         };
         follow(self.clone(), after_position, self.inner.read_batch, wait)
+    }
+
+    async fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+    ) -> Result<AppendResult> {
+        self.append_now(stream, expected, events, Some(command_id)).await
+    }
+
+    async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
+        let (decision, first_version, version, refusal) = match &record.decision {
+            CommandDecision::Appended {
+                first_version,
+                last_version,
+            } => ("appended", Some(*first_version), *last_version, None),
+            CommandDecision::Unchanged { version } => ("unchanged", None, *version, None),
+            CommandDecision::Refused { version, refusal } => ("refused", None, *version, Some(refusal)),
+            other => {
+                return Err(Error::Backend(
+                    format!("unsupported command decision {other:?}").into(),
+                ));
+            }
+        };
+        // A concurrent first record of the same id is waited for: then
+        // this one stores nothing and reads it.
+        let stored = sqlx::query(
+            "INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version, refusal)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (command_id) DO NOTHING",
+        )
+        .bind(record.command_id)
+        .bind(record.stream_id.as_str())
+        .bind(decision)
+        .bind(first_version.map(to_i64_saturating))
+        .bind(to_i64_saturating(version))
+        .bind(refusal)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?
+        .rows_affected();
+        if stored == 1 {
+            return Ok(None);
+        }
+        self.read_command(record.command_id)
+            .await?
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Backend(format!("command {} is recorded but cannot be read", record.command_id).into())
+            })
+    }
+
+    async fn read_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>> {
+        let row: Option<CommandRow> = sqlx::query_as(
+            "SELECT stream_id, decision, first_version, version, refusal::text AS refusal
+             FROM strata.commands WHERE command_id = $1",
+        )
+        .bind(command_id)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        row.map(|row| row.into_record(command_id)).transpose()
     }
 }

@@ -79,6 +79,53 @@ pub async fn append_in(
     crate::store::append_in(conn, stream, expected, events).await
 }
 
+/// Drop the constraints that keep unreadable rows out of `strata.events`
+/// (migration 0003), so a test can store rows as something other than
+/// strata could have before them: legacy rows that readers must report
+/// and go past.
+pub async fn drop_row_checks(store: &PgEventStore) -> Result<(), BoxError> {
+    sqlx::query(
+        "ALTER TABLE strata.events
+             DROP CONSTRAINT events_position_valid,
+             DROP CONSTRAINT events_stream_id_valid,
+             DROP CONSTRAINT events_event_type_valid,
+             DROP CONSTRAINT events_schema_version_valid,
+             DROP CONSTRAINT events_metadata_valid,
+             DROP CONSTRAINT events_payload_readable",
+    )
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// Insert one row into `strata.events` by hand, as another writer would:
+/// version 1 of `stream`, at `position`, with `payload` and `metadata`
+/// given as JSON text. Returns the event id.
+pub async fn insert_row(
+    store: &PgEventStore,
+    position: i64,
+    stream: &str,
+    schema_version: i32,
+    payload: &str,
+    metadata: &str,
+) -> Result<uuid::Uuid, sqlx::Error> {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO strata.events
+             (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+         VALUES ($1, $2, 1, $3, 'Odd', $4, $5::jsonb, $6::jsonb)",
+    )
+    .bind(position)
+    .bind(stream)
+    .bind(id)
+    .bind(schema_version)
+    .bind(payload)
+    .bind(metadata)
+    .execute(store.pool())
+    .await?;
+    Ok(id)
+}
+
 /// An event of type `event_type` with a fresh id, schema version 1 and
 /// empty metadata.
 pub fn new_event(event_type: &str, payload: serde_json::Value) -> NewEvent {

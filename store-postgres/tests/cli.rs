@@ -1,22 +1,34 @@
 //! The `strata` operator binary against a fresh database.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::json;
 use strata_core::error::BoxError;
+use strata_core::testing::contract::read_all_settled;
 use strata_core::{EventStore, ExpectedVersion, RecordedEvent, StreamId};
 use strata_store_postgres::PgEventStore;
-use strata_store_postgres::testing::{fresh_database_url, new_event};
+use strata_store_postgres::testing::{drop_row_checks, fresh_database_url, insert_row, new_event};
 
-fn strata(url: &str, args: &[&str]) -> Result<String, BoxError> {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+fn run(url: &str, args: &[&str]) -> Result<Output, BoxError> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
         .env("DATABASE_URL", url)
-        .output()?;
+        .output()?)
+}
+
+fn strata(url: &str, args: &[&str]) -> Result<String, BoxError> {
+    let out = run(url, args)?;
     if !out.status.success() {
         return Err(format!("strata {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Run a command that must fail; its standard error.
+fn strata_fails(url: &str, args: &[&str]) -> Result<String, BoxError> {
+    let out = run(url, args)?;
+    assert!(!out.status.success(), "strata {args:?} must fail");
+    Ok(String::from_utf8(out.stderr)?)
 }
 
 #[tokio::test]
@@ -47,17 +59,115 @@ async fn cli_migrates_then_prints_streams_tail_and_horizon() -> Result<(), BoxEr
         ("Paid", 2)
     );
 
+    // The log may lag behind the append (another transaction on the server
+    // holds the horizon): wait until it shows both events.
+    read_all_settled(&store, 2).await?;
     let lines = strata(&url, &["events", "tail", "--from-position", "0"])?;
     assert_eq!(lines.lines().count(), 2);
 
-    let horizon: serde_json::Value = serde_json::from_str(strata(&url, &["events", "horizon"])?.trim())?;
+    let horizon: serde_json::Value =
+        serde_json::from_str(strata(&url, &["events", "horizon", "--json"])?.trim())?;
     assert!(horizon["readable_below"].as_u64().is_some());
+    Ok(())
+}
 
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["events", "stream", "--stream", "x", "--connect-timeout", "1"])
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
-        .output()?;
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: connection to the backend failed"));
+#[tokio::test]
+async fn cli_errors_say_what_to_do_once() -> Result<(), BoxError> {
+    let (url, db) = fresh_database_url().await?;
+    let err = strata_fails(&url, &["events", "stream", "--stream", "nope"])?;
+    assert_eq!(err, "error: stream `nope` does not exist\n");
+
+    let long = "x".repeat(10_240);
+    let err = strata_fails(&url, &["events", "stream", "--stream", &long])?;
+    assert!(err.len() < 300 && err.contains("(10240 bytes)"), "{err}");
+
+    let unmigrated = url.replace(&db, "postgres");
+    let err = strata_fails(&unmigrated, &["events", "tail"])?;
+    assert!(err.contains("run `strata migrate`"), "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+
+    let unknown_db = url.replace(&db, "no_such_database");
+    let err = strata_fails(&unknown_db, &["events", "tail"])?;
+    assert_eq!(
+        err,
+        "error: invalid configuration: database \"no_such_database\" does not exist [SQLSTATE 3D000]\n"
+    );
+
+    let err = strata_fails(
+        "postgres://postgres@127.0.0.1:1/none",
+        &["events", "stream", "--stream", "x", "--connect-timeout", "1"],
+    )?;
+    assert!(
+        err.starts_with("error: connection to the backend failed: no connection to 127.0.0.1:1 within 1"),
+        "{err}"
+    );
+    assert!(err.contains("the last attempt got: Connection refused"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cli_horizon_names_the_transaction_that_holds_the_log_back() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStore::connect(&url).await?;
+    let mut older = store.pool().begin().await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid() WHERE pg_current_xact_id() IS NOT NULL")
+        .fetch_one(&mut *older)
+        .await?;
+    let stream = StreamId::new("held")?;
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+        .await?;
+    // Transactions of tests running beside this one, on the same server,
+    // can be older for a moment: ask until ours is the oldest.
+    let mut sentence = String::new();
+    for _ in 0..100 {
+        sentence = strata(&url, &["events", "horizon"])?;
+        if sentence.contains(&format!("pid {pid} ")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        sentence.starts_with("1 committed event is not readable yet: the transaction of backend pid"),
+        "{sentence}"
+    );
+    assert!(
+        sentence.contains(&format!("pg_terminate_backend({pid})")),
+        "{sentence}"
+    );
+    older.rollback().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn cli_tail_reports_an_undecodable_row_and_prints_the_rest() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStore::connect(&url).await?;
+    drop_row_checks(&store).await?;
+    insert_row(&store, 1, "a", 1, "{}", "{}").await?;
+    let bad = insert_row(&store, 2, "b", 1, "{}", r#"{"tenant_id": 7}"#).await?;
+    insert_row(&store, 3, "c", 1, "{}", "{}").await?;
+    let out = run(&url, &["events", "tail"])?;
+    assert!(
+        !out.status.success(),
+        "a skipped event must show in the exit status"
+    );
+    let printed: Vec<RecordedEvent> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let streams: Vec<&str> = printed.iter().map(|e| e.stream_id.as_str()).collect();
+    assert_eq!(streams, ["a", "c"]);
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.contains(&format!(
+            "warning: skipped: stored event {bad} at position 2 cannot be read"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("error: 1 undecodable events skipped (see the warnings above)\n"),
+        "{err}"
+    );
     Ok(())
 }

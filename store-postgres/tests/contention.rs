@@ -23,7 +23,7 @@ impl Event for CounterEvent {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 #[error("never refused")]
 struct Never;
 

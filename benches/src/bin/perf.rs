@@ -45,7 +45,7 @@ impl Event for CounterEvent {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 #[error("never")]
 struct Never;
 

@@ -21,8 +21,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::event::{Metadata, NewEvent, RecordedEvent, StreamId};
-use crate::store::{EventStore, ExpectedVersion, Snapshot, Subscription};
+use crate::event::{MAX_JSON_DEPTH, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::store::{CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot, Subscription};
 
 /// How long a subscription may take to deliver an event that is readable,
 /// and how long appended events may take to become readable.
@@ -62,6 +62,8 @@ where
     snapshots(&factory().await?).await?;
     subscription_catches_up_then_follows(&factory().await?).await?;
     metadata_and_odd_stream_ids_round_trip(&factory().await?).await?;
+    unreadable_events_are_refused(&factory().await?).await?;
+    command_records(&factory().await?).await?;
     Ok(())
 }
 
@@ -476,5 +478,183 @@ pub async fn metadata_and_odd_stream_ids_round_trip<S: EventStore>(store: &S) ->
         assert_eq!(read[0].payload, one.payload);
         assert_eq!(read[0].event_type, one.event_type);
     }
+    Ok(())
+}
+
+/// A payload `depth` arrays deep.
+pub fn nested_payload(depth: usize) -> serde_json::Value {
+    let mut v = json!(1);
+    for _ in 0..depth {
+        v = json!([v]);
+    }
+    v
+}
+
+/// What no reader could read back is refused at append, whole batch and
+/// all, with a typed error: a payload nested deeper than
+/// [`MAX_JSON_DEPTH`], an empty or over-long event type, an id repeated in
+/// the batch. The deepest accepted payload reads back.
+pub async fn unreadable_events_are_refused<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("unreadable")?;
+    let refused = |mut e: NewEvent, change: &dyn Fn(&mut NewEvent)| {
+        change(&mut e);
+        vec![event(0), e]
+    };
+    let cases: Vec<(Vec<NewEvent>, fn(&Error) -> bool)> = vec![
+        (
+            refused(event(1), &|e| e.payload = nested_payload(MAX_JSON_DEPTH + 1)),
+            |e| matches!(e, Error::PayloadTooDeep { depth, .. } if *depth == MAX_JSON_DEPTH + 1),
+        ),
+        (refused(event(1), &|e| e.payload = nested_payload(1_000)), |e| {
+            matches!(e, Error::PayloadTooDeep { .. })
+        }),
+        (refused(event(1), &|e| e.event_type.clear()), |e| {
+            matches!(e, Error::InvalidEventType { .. })
+        }),
+        (refused(event(1), &|e| e.event_type = "T".repeat(8 << 20)), |e| {
+            matches!(e, Error::InvalidEventType { .. })
+        }),
+        (
+            {
+                let e = event(1);
+                vec![e.clone(), event(2), e]
+            },
+            |e| matches!(e, Error::RepeatedEventId { .. }),
+        ),
+    ];
+    for (batch, expected) in cases {
+        let err = store
+            .append(&s, ExpectedVersion::Any, batch)
+            .await
+            .expect_err("an unreadable event must be refused");
+        assert!(expected(&err), "wrong error: {err:?}");
+        assert!(err.to_string().len() < 400, "the message must stay short: {err}");
+    }
+    assert_eq!(
+        store.stream_version(&s).await?,
+        0,
+        "a refused batch stores nothing"
+    );
+    let mut deepest = event(0);
+    deepest.payload = nested_payload(MAX_JSON_DEPTH);
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![deepest.clone()])
+        .await?;
+    let read = store.read_stream(&s, 1, 10).await?;
+    assert_eq!(read[0].payload, deepest.payload);
+    let log = read_all_settled(store, 1).await?;
+    assert_eq!(log.last().map(|e| e.event_id), Some(deepest.event_id));
+    Ok(())
+}
+
+/// A command id names one outcome: the first record wins, whether it
+/// appended events ([`EventStore::append_command`], atomically with them)
+/// or not ([`EventStore::record_command`]); later attempts store nothing.
+pub async fn command_records<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("commands")?;
+    let appending = Uuid::now_v7();
+    assert!(store.read_command(appending).await?.is_none());
+    let result = store
+        .append_command(&s, ExpectedVersion::NoStream, events(0..2), appending)
+        .await?;
+    assert_eq!(result.stream_version, 2);
+    let record = store
+        .read_command(appending)
+        .await?
+        .expect("recorded with its events");
+    assert_eq!(record.stream_id, s);
+    assert_eq!(
+        record.decision,
+        CommandDecision::Appended {
+            first_version: 1,
+            last_version: 2
+        }
+    );
+    // Again, with other events: nothing stored, the first record stays.
+    let err = store
+        .append_command(&s, ExpectedVersion::Any, events(2..3), appending)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::CommandAlreadyRecorded { command_id } if command_id == appending),
+        "{err:?}"
+    );
+    assert_eq!(store.stream_version(&s).await?, 2);
+    let refusal = CommandRecord {
+        command_id: appending,
+        stream_id: s.clone(),
+        decision: CommandDecision::Refused {
+            version: 2,
+            refusal: json!("no"),
+        },
+    };
+    assert_eq!(store.record_command(refusal).await?, Some(record));
+
+    // A conflicting append records nothing: the id stays free.
+    let late = Uuid::now_v7();
+    let err = store
+        .append_command(&s, ExpectedVersion::Exact(1), events(3..4), late)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert!(store.read_command(late).await?.is_none());
+
+    // An outcome without events: recorded once, then returned.
+    let refused = CommandRecord {
+        command_id: late,
+        stream_id: s.clone(),
+        decision: CommandDecision::Refused {
+            version: 2,
+            refusal: json!({"InsufficientFunds": {"balance": 0}}),
+        },
+    };
+    assert_eq!(store.record_command(refused.clone()).await?, None);
+    assert_eq!(store.read_command(late).await?, Some(refused.clone()));
+    let unchanged = CommandRecord {
+        decision: CommandDecision::Unchanged { version: 2 },
+        ..refused.clone()
+    };
+    assert_eq!(store.record_command(unchanged).await?, Some(refused));
+    let err = store
+        .append_command(&s, ExpectedVersion::Exact(2), events(3..4), late)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CommandAlreadyRecorded { .. }), "{err:?}");
+    assert_eq!(store.stream_version(&s).await?, 2);
+
+    // Of concurrent first submissions of one id, exactly one is recorded.
+    let raced = Uuid::now_v7();
+    let appends = (0..4).map(|i| {
+        let s = s.clone();
+        async move {
+            store
+                .append_command(&s, ExpectedVersion::Any, events(10 + i..11 + i), raced)
+                .await
+                .map(|_| ())
+        }
+    });
+    let records = (0..4).map(|v| {
+        store.record_command(CommandRecord {
+            command_id: raced,
+            stream_id: s.clone(),
+            decision: CommandDecision::Unchanged { version: v },
+        })
+    });
+    let (appended, recorded) = futures_util::future::join(join_all(appends), join_all(records)).await;
+    let appended = appended.iter().filter(|r| r.is_ok()).count();
+    let mut recorded_now = 0;
+    for r in recorded {
+        recorded_now += usize::from(r?.is_none());
+    }
+    assert_eq!(
+        appended + recorded_now,
+        1,
+        "exactly one first outcome per command id"
+    );
+    assert_eq!(
+        store.stream_version(&s).await?,
+        2 + appended as u64,
+        "only the winning append may store events"
+    );
     Ok(())
 }

@@ -7,10 +7,11 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::{NewEvent, RecordedEvent, StreamId};
-use crate::store::{AppendResult, EventStore, ExpectedVersion, Snapshot, Subscription};
+use crate::store::{AppendResult, CommandRecord, EventStore, ExpectedVersion, Snapshot, Subscription};
 
-/// Wraps an [`EventStore`] and waits `delay` before every append, as a slow
-/// network would. Everything else passes straight through.
+/// Wraps an [`EventStore`] and waits `delay` before every append (with or
+/// without a command record), as a slow network would. Everything else
+/// passes straight through.
 #[derive(Debug, Clone)]
 pub struct DelayedAppends<S> {
     inner: S,
@@ -71,5 +72,26 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
 
     fn subscribe(&self, after_position: u64) -> Subscription {
         self.inner.subscribe(after_position)
+    }
+
+    async fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: Uuid,
+    ) -> Result<AppendResult> {
+        futures_timer::Delay::new(self.delay).await;
+        self.inner
+            .append_command(stream, expected, events, command_id)
+            .await
+    }
+
+    async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
+        self.inner.record_command(record).await
+    }
+
+    async fn read_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>> {
+        self.inner.read_command(command_id).await
     }
 }

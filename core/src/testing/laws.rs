@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::aggregate::Aggregate;
 use crate::event::{Event, Metadata, NewEvent};
+use crate::memory::DEFAULT_MAX_EVENT_SIZE;
 use crate::upcast::Upcasters;
 
 type Invariant<A> = Box<dyn Fn(&A, &[<A as Aggregate>::Event]) -> Result<(), String>>;
@@ -16,10 +17,11 @@ type LegacyEncoder = Box<dyn Fn(&Value) -> Value>;
 /// Property tests of an aggregate over random command sequences.
 ///
 /// For every generated sequence the commands are decided in turn (refused
-/// commands are skipped, as in production) and these laws are checked:
-/// 1. every produced event survives a JSON round trip through the stored
-///    form and the [`Upcasters`], and every registered legacy encoding of it
-///    upcasts back to the same event;
+/// commands change nothing, as in production) and these laws are checked:
+/// 1. every produced event is accepted by a store (with the default size
+///    limit) and survives a JSON round trip through the stored form and
+///    the [`Upcasters`] (decode(encode(e)) == e), and every registered
+///    legacy encoding of it upcasts back to the same event;
 /// 2. replaying the round-tripped events from scratch rebuilds the state
 ///    reached step by step;
 /// 3. a snapshot (the state serialized after any step) plus the events after
@@ -29,12 +31,60 @@ type LegacyEncoder = Box<dyn Fn(&Value) -> Value>;
 /// A failure is shrunk by proptest, then cut down until no single command
 /// can be removed with the laws still broken, and reported as a
 /// [`LawViolation`].
+///
+/// Refused commands exercise none of the laws, so a generator whose
+/// commands the aggregate mostly refuses would pass while testing little.
+/// [`run`](Laws::run) reports the share of generated commands that were
+/// accepted ([`LawsReport`]) and fails when it is below
+/// [`min_acceptance`](Laws::min_acceptance) (default
+/// [`DEFAULT_MIN_ACCEPTANCE`]).
 pub struct Laws<A: Aggregate> {
     upcasters: Upcasters,
     legacy: Vec<(String, u32, LegacyEncoder)>,
     invariants: Vec<(String, Invariant<A>)>,
     max_commands: usize,
     cases: u32,
+    min_acceptance: f64,
+}
+
+/// Default of [`Laws::min_acceptance`]: at least a fifth of the generated
+/// commands must be accepted.
+pub const DEFAULT_MIN_ACCEPTANCE: f64 = 0.2;
+
+/// What a passing [`Laws::run`] exercised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LawsReport {
+    /// Command sequences checked.
+    pub cases: u32,
+    /// Commands generated, over all sequences.
+    pub commands: u64,
+    /// Commands the aggregate accepted (refused ones change nothing and
+    /// exercise no law).
+    pub accepted: u64,
+}
+
+impl LawsReport {
+    /// `accepted / commands` (1 when no command was generated).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.commands == 0 {
+            1.0
+        } else {
+            self.accepted as f64 / self.commands as f64
+        }
+    }
+}
+
+impl fmt::Display for LawsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sequences, {} commands, {} accepted ({:.1}%)",
+            self.cases,
+            self.commands,
+            self.accepted,
+            self.acceptance_rate() * 100.0
+        )
+    }
 }
 
 impl<A: Aggregate> fmt::Debug for Laws<A> {
@@ -47,6 +97,7 @@ impl<A: Aggregate> fmt::Debug for Laws<A> {
             )
             .field("max_commands", &self.max_commands)
             .field("cases", &self.cases)
+            .field("min_acceptance", &self.min_acceptance)
             .finish()
     }
 }
@@ -96,6 +147,7 @@ where
             invariants: Vec::new(),
             max_commands: 20,
             cases: 256,
+            min_acceptance: DEFAULT_MIN_ACCEPTANCE,
         }
     }
 
@@ -142,8 +194,18 @@ where
         self
     }
 
-    /// Run the laws over sequences of `commands`; a failure comes back shrunk.
-    pub fn run<S>(&self, commands: S) -> Result<(), LawViolation<A::Command>>
+    /// Fail a run in which less than this share (0 to 1) of the generated
+    /// commands was accepted: the laws were barely exercised.
+    pub fn min_acceptance(mut self, rate: f64) -> Self {
+        self.min_acceptance = rate;
+        self
+    }
+
+    /// Run the laws over sequences of `commands`; a failure comes back
+    /// shrunk. A pass reports how many commands were accepted, and is a
+    /// failure (with no command sequence) when that is less than
+    /// [`min_acceptance`](Laws::min_acceptance).
+    pub fn run<S>(&self, commands: S) -> Result<LawsReport, LawViolation<A::Command>>
     where
         S: Strategy<Value = A::Command>,
     {
@@ -154,8 +216,36 @@ where
         };
         let mut runner = TestRunner::new(config);
         let sequences = proptest::collection::vec(commands, 0..=self.max_commands);
-        match runner.run(&sequences, |cmds| self.check(&cmds).map_err(TestCaseError::fail)) {
-            Ok(()) => Ok(()),
+        let report = std::cell::Cell::new(LawsReport {
+            cases: 0,
+            commands: 0,
+            accepted: 0,
+        });
+        let outcome = runner.run(&sequences, |cmds| {
+            let accepted = self.check_counting(&cmds).map_err(TestCaseError::fail)?;
+            let mut r = report.get();
+            r.cases += 1;
+            r.commands += cmds.len() as u64;
+            r.accepted += accepted as u64;
+            report.set(r);
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                let report = report.get();
+                if report.acceptance_rate() < self.min_acceptance {
+                    return Err(LawViolation {
+                        reason: format!(
+                            "too few commands accepted to exercise the laws: {report}, below the minimum of \
+                             {:.1}%; generate commands the aggregate accepts more often, or lower \
+                             Laws::min_acceptance",
+                            self.min_acceptance * 100.0
+                        ),
+                        commands: Vec::new(),
+                    });
+                }
+                Ok(report)
+            }
             Err(TestError::Fail(reason, commands)) => {
                 let commands = self.drop_redundant(commands);
                 let reason = self.check(&commands).err().unwrap_or_else(|| reason.to_string());
@@ -188,19 +278,30 @@ where
         commands
     }
 
-    /// Run the laws and panic with the minimal failing sequence.
+    /// Run the laws, print the [`LawsReport`] to standard error, and panic
+    /// with the minimal failing sequence.
     #[track_caller]
-    pub fn check_all<S>(&self, commands: S)
+    pub fn check_all<S>(&self, commands: S) -> LawsReport
     where
         S: Strategy<Value = A::Command>,
     {
-        if let Err(violation) = self.run(commands) {
-            panic!("aggregate `{}` breaks a law: {violation}", A::TYPE);
+        match self.run(commands) {
+            Ok(report) => {
+                eprintln!("aggregate `{}` obeys the laws: {report}", A::TYPE);
+                report
+            }
+            Err(violation) => panic!("aggregate `{}` breaks a law: {violation}", A::TYPE),
         }
     }
 
     /// Check the laws for one command sequence.
     pub fn check(&self, commands: &[A::Command]) -> Result<(), String> {
+        self.check_counting(commands).map(drop)
+    }
+
+    /// [`check`](Laws::check), answering how many commands were accepted.
+    fn check_counting(&self, commands: &[A::Command]) -> Result<usize, String> {
+        let mut accepted = 0;
         let mut state = A::default();
         let mut history: Vec<A::Event> = Vec::new();
         let mut stored: Vec<A::Event> = Vec::new();
@@ -209,6 +310,7 @@ where
             let Ok(events) = state.decide(command) else {
                 continue;
             };
+            accepted += 1;
             for event in events {
                 stored.push(self.round_trip(&event)?);
                 state.apply(&event);
@@ -240,12 +342,15 @@ where
                 ));
             }
         }
-        Ok(())
+        Ok(accepted)
     }
 
     /// Store `event` as the store would, read it back, and compare.
     fn round_trip(&self, event: &A::Event) -> Result<A::Event, String> {
-        let new = NewEvent::from_event(event, Metadata::default()).map_err(|e| format!("{event:?}: {e}"))?;
+        // decode(encode(e)) == e, and the store would accept it.
+        let new = NewEvent::from_event(event, Metadata::default())
+            .and_then(|new| new.validate(DEFAULT_MAX_EVENT_SIZE).map(|()| new))
+            .map_err(|e| format!("{event:?} cannot be stored: {e}"))?;
         let text = serde_json::to_string(&new.payload).map_err(|e| e.to_string())?;
         let payload: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let decoded: A::Event = self

@@ -16,5 +16,5 @@ mod laws;
 
 pub use delay::DelayedAppends;
 pub use kit::{AggregateTest, Then};
-pub use laws::{LawViolation, Laws};
+pub use laws::{DEFAULT_MIN_ACCEPTANCE, LawViolation, Laws, LawsReport};
 pub use proptest;

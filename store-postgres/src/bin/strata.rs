@@ -4,11 +4,12 @@
 //! strata migrate --database-url URL [--connect-timeout SECS]
 //! strata events stream --stream ID [--from-version N]
 //! strata events tail [--from-position N] [--follow]
-//! strata events horizon
+//! strata events horizon [--json]
 //! ```
 //!
 //! Events are printed as JSON lines, one `RecordedEvent` per line; the URL
-//! may also come from `DATABASE_URL`.
+//! may also come from `DATABASE_URL`. Errors go to standard error, one line
+//! each, and make the exit status 1.
 
 use std::error::Error as StdError;
 use std::io::{self, Write};
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use strata_core::{EventStore, RecordedEvent, StreamId};
+use strata_core::error::Preview;
+use strata_core::{Error, EventStore, RecordedEvent, StreamId};
 use strata_store_postgres::PgEventStoreOptions;
 
 /// Operator commands for a strata PostgreSQL event store.
@@ -63,8 +65,12 @@ enum Events {
         #[arg(long)]
         follow: bool,
     },
-    /// Print the readable horizon of the global log and what holds it back.
-    Horizon,
+    /// Say how much of the global log is held back, and by which transaction.
+    Horizon {
+        /// Print the figures as one JSON object instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const PAGE: usize = 500;
@@ -78,10 +84,15 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
+            // strata's errors say everything in their message; a source
+            // adds to it only where it says something new.
             let mut message = format!("error: {e}");
             let mut source = e.source();
             while let Some(s) = source {
-                message.push_str(&format!(": {s}"));
+                let text = s.to_string();
+                if !message.contains(&text) {
+                    message.push_str(&format!(": {text}"));
+                }
                 source = s.source();
             }
             eprintln!("{message}");
@@ -112,14 +123,25 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Events(Events::Stream { stream, from_version }) => {
             let stream = StreamId::new(stream)?;
             let mut next = from_version.max(1);
+            let mut printed = 0;
             loop {
                 let page = store.read_stream(&stream, next, PAGE).await?;
                 for e in &page {
                     print_event(&mut out, e)?;
                     next = e.stream_version + 1;
+                    printed += 1;
                 }
                 if page.len() < PAGE {
                     break;
+                }
+            }
+            if printed == 0 {
+                match store.stream_version(&stream).await? {
+                    0 => return Err(format!("stream `{}` does not exist", Preview(stream.as_str())).into()),
+                    version => eprintln!(
+                        "stream `{}` ends at version {version}: nothing from version {from_version}",
+                        Preview(stream.as_str())
+                    ),
                 }
             }
         }
@@ -128,15 +150,33 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             follow: false,
         }) => {
             let mut after = from_position;
+            let mut skipped = 0;
             loop {
-                let page = store.read_all(after, PAGE).await?;
+                let page = match store.read_all(after, PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => match &e {
+                        Error::UndecodableEvent { global_position, .. } => {
+                            eprintln!("warning: skipped: {e}");
+                            after = *global_position;
+                            skipped += 1;
+                            continue;
+                        }
+                        _ => return Err(e.into()),
+                    },
+                };
+                // A page can end early (before an undecodable event, or at
+                // the horizon): only an empty one is the end.
+                if page.is_empty() {
+                    break;
+                }
                 for e in &page {
                     print_event(&mut out, e)?;
                     after = e.global_position;
                 }
-                if page.len() < PAGE {
-                    break;
-                }
+            }
+            if skipped > 0 {
+                out.flush()?;
+                return Err(format!("{skipped} undecodable events skipped (see the warnings above)").into());
             }
         }
         Command::Events(Events::Tail {
@@ -150,17 +190,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                         print_event(&mut out, &e)?;
                         out.flush()?;
                     }
-                    // The feed resumes after the last event it delivered.
-                    Err(e) => {
-                        eprintln!("warning: {e}, retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
+                    // It stands in for its event; the feed goes on after it.
+                    Err(e @ Error::UndecodableEvent { .. }) => eprintln!("warning: skipped: {e}"),
+                    // The feed reads again from the last event it delivered,
+                    // after a pause that grows while failures go on.
+                    Err(e) => eprintln!("warning: {e}; retrying"),
                 }
             }
         }
-        Command::Events(Events::Horizon) => {
+        Command::Events(Events::Horizon { json }) => {
             let horizon = store.horizon().await?;
-            writeln!(out, "{}", serde_json::to_string(&horizon)?)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&horizon)?)?;
+            } else {
+                writeln!(out, "{horizon}")?;
+            }
         }
     }
     out.flush()?;
