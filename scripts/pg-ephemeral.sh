@@ -25,6 +25,10 @@ pg_ephemeral_start() {
   "${run[@]}" "$bindir/initdb" -D "$PG_EPHEMERAL_DIR/data" -U postgres --auth=trust \
     --no-sync -E UTF8 >"$PG_EPHEMERAL_DIR/initdb.log" 2>&1 \
     || { cat "$PG_EPHEMERAL_DIR/initdb.log" >&2; return 1; }
+  # One role must give a password, so tests can see a wrong one refused.
+  local hba="$PG_EPHEMERAL_DIR/data/pg_hba.conf"
+  { echo "host all strata_password_check 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$hba.new"
+  "${run[@]}" cp "$hba.new" "$hba" && rm -f "$hba.new"
   # Tests create many databases and run many concurrent writers.
   "${run[@]}" "$bindir/pg_ctl" -D "$PG_EPHEMERAL_DIR/data" -l "$PG_EPHEMERAL_DIR/server.log" -w -s \
     -o "-p $port -k $PG_EPHEMERAL_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" \

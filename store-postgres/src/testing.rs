@@ -126,6 +126,27 @@ pub async fn insert_row(
     Ok(id)
 }
 
+/// Wait (up to 20 s) until a subscription's `LISTEN` connection is up in
+/// `store`'s database, then a moment more, so the subscription has taken
+/// the wake-up that follows it: from then on only a notification (or the
+/// poll interval) wakes it.
+pub async fn wait_for_listener(store: &PgEventStore) -> Result<(), BoxError> {
+    for _ in 0..400 {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        if listening > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err("no LISTEN connection within 20 s".into())
+}
+
 /// An event of type `event_type` with a fresh id, schema version 1 and
 /// empty metadata.
 pub fn new_event(event_type: &str, payload: serde_json::Value) -> NewEvent {

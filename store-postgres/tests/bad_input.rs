@@ -156,6 +156,11 @@ async fn unreachable_server_is_a_connection_error() -> Result<(), BoxError> {
         .unwrap_err();
     assert!(matches!(err, Error::Connection(_)), "{err:?}");
     assert!(err.is_retriable());
+    assert!(
+        err.to_string()
+            .contains("the last attempt got: Connection refused"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -203,5 +208,78 @@ async fn stored_events_cannot_be_changed_or_removed() -> Result<(), BoxError> {
     let events = store.read_stream(&stream, 1, 10).await?;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].payload, json!({"owner": "ada"}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_password_unknown_role_or_database_are_configuration_errors() -> Result<(), BoxError> {
+    let (store, db) = fresh_database().await?;
+    // scripts/pg-ephemeral.sh makes this role give a password.
+    sqlx::query(
+        "DO $$ BEGIN
+             CREATE ROLE strata_password_check LOGIN PASSWORD 'right';
+         EXCEPTION WHEN duplicate_object THEN NULL;
+         END $$",
+    )
+    .execute(store.pool())
+    .await?;
+    let url = strata_store_postgres::testing::database_url()?;
+    let host = url.split_once('@').map_or("", |(_, rest)| rest);
+    let host = host.split_once('/').map_or(host, |(h, _)| h);
+    for (url, says) in [
+        (
+            format!("postgres://strata_password_check:wrong@{host}/{db}"),
+            "password authentication failed for user \"strata_password_check\" [SQLSTATE 28P01]",
+        ),
+        (
+            format!("postgres://no_such_role@{host}/{db}"),
+            "role \"no_such_role\" does not exist [SQLSTATE 28000]",
+        ),
+        (
+            format!("postgres://postgres@{host}/no_such_db"),
+            "database \"no_such_db\" does not exist [SQLSTATE 3D000]",
+        ),
+    ] {
+        let err = PgEventStore::connect(&url).await.unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{url}: {err:?}");
+        assert!(!err.is_retriable());
+        assert_eq!(err.to_string(), format!("invalid configuration: {says}"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_reported_as_such() -> Result<(), BoxError> {
+    // A listening socket that accepts and never speaks.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("postgres://postgres@{}/none", silent.local_addr()?);
+    let err = strata_store_postgres::PgEventStoreOptions::new(url)
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    assert!(err.to_string().ends_with("the server did not answer"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_event_type_counts_toward_the_size_limit() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database_with(|o| o.max_event_size(1024)).await?;
+    let stream = StreamId::new("sized")?;
+    let payload = json!({"text": "x".repeat(900)});
+    let fits = new_event("T", payload.clone());
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![fits])
+        .await?;
+    let over = new_event(&"T".repeat(200), payload);
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(1), vec![over])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PayloadTooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use strata_core::error::BoxError;
 use strata_core::{EventStore, ExpectedVersion, StreamId};
 use strata_store_postgres::PgEventStore;
-use strata_store_postgres::testing::{fresh_database_with, new_event};
+use strata_store_postgres::testing::{fresh_database_with, new_event, wait_for_listener};
 
 /// A store that polls only every 600 s (so only a notification, or the
 /// store's own look-again, can wake its subscriptions in time), a second
@@ -40,9 +40,14 @@ async fn rarely_polling_subscription(
 async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Result<(), BoxError> {
     let stream = StreamId::new("notified")?;
     // Only the `NOTIFY` the other store sends can reach the listener.
-    let (_store, writer, mut feed) = rarely_polling_subscription(&stream).await?;
+    let (store, writer, mut feed) = rarely_polling_subscription(&stream).await?;
 
-    // Caught up and waiting: only a notification can wake it in time.
+    // Caught up and waiting, with `LISTEN` in place: only a notification
+    // can wake it in time. (A wake-up announcing a commit that the read
+    // then does not find makes the subscription look again quickly, which
+    // would find the event without any notification: `LISTEN` coming up
+    // must not count as one.)
+    wait_for_listener(&store).await?;
     let append = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         writer
@@ -131,5 +136,56 @@ async fn event_held_back_by_an_older_transaction_arrives_when_that_transaction_e
         .map_err(|_| "the held-back event waited for the poll interval")?
         .ok_or("feed ended")??;
     assert_eq!(event.stream_version, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_backs_off_while_reads_fail_then_resumes() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_millis(10))).await?;
+    let stream = StreamId::new("backoff")?;
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+        .await?;
+    let mut feed = store.subscribe(0);
+    tokio::time::timeout(Duration::from_secs(20), feed.next())
+        .await?
+        .ok_or("feed ended")??;
+
+    // Every read fails while the table is away.
+    sqlx::query("ALTER TABLE strata.events RENAME TO events_away")
+        .execute(store.pool())
+        .await?;
+    let started = std::time::Instant::now();
+    let mut errors = Vec::new();
+    while started.elapsed() < Duration::from_millis(1500) {
+        if let Ok(item) = tokio::time::timeout(Duration::from_millis(50), feed.next()).await {
+            errors.push(item.ok_or("feed ended")?.expect_err("nothing to read"));
+        }
+    }
+    // Read 10 ms apart, 1.5 s of failures would be about 150 errors; with
+    // the pause doubling from 50 ms, a handful.
+    assert!(
+        (1..=8).contains(&errors.len()),
+        "{} errors in 1.5 s",
+        errors.len()
+    );
+    assert!(errors[0].to_string().contains("strata.events"), "{}", errors[0]);
+
+    sqlx::query("ALTER TABLE strata.events_away RENAME TO events")
+        .execute(store.pool())
+        .await?;
+    store
+        .append(&stream, ExpectedVersion::Exact(1), vec![new_event("A", json!(2))])
+        .await?;
+    let next = loop {
+        match tokio::time::timeout(Duration::from_secs(20), feed.next())
+            .await?
+            .ok_or("feed ended")?
+        {
+            Ok(e) => break e,
+            Err(_) => continue,
+        }
+    };
+    assert_eq!(next.stream_version, 2, "nothing lost, nothing repeated");
     Ok(())
 }
