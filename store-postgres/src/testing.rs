@@ -126,11 +126,17 @@ pub async fn insert_row(
     Ok(id)
 }
 
-/// Wait (up to 20 s) until a subscription's `LISTEN` connection is up in
-/// `store`'s database, then a moment more, so the subscription has taken
-/// the wake-up that follows it: from then on only a notification (or the
-/// poll interval) wakes it.
-pub async fn wait_for_listener(store: &PgEventStore) -> Result<(), BoxError> {
+/// Wait (up to 20 s) until the `LISTEN` connection of `store`'s
+/// subscriptions is up, then poll `feed` for 300 ms, so that it takes the
+/// wake-up that follows and is left waiting: from then on only a
+/// notification (or the poll interval) wakes it. Fails if `feed` delivers
+/// anything meanwhile.
+pub async fn wait_until_listening(
+    store: &PgEventStore,
+    feed: &mut strata_core::Subscription,
+) -> Result<(), BoxError> {
+    use futures_util::StreamExt;
+    use std::time::Duration;
     for _ in 0..400 {
         let listening: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
@@ -139,10 +145,12 @@ pub async fn wait_for_listener(store: &PgEventStore) -> Result<(), BoxError> {
         .fetch_one(store.pool())
         .await?;
         if listening > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            return Ok(());
+            return match tokio::time::timeout(Duration::from_millis(300), feed.next()).await {
+                Err(_) => Ok(()),
+                Ok(item) => Err(format!("the feed was expected to wait, it delivered {item:?}").into()),
+            };
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err("no LISTEN connection within 20 s".into())
 }

@@ -8,7 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use strata_core::error::BoxError;
 use strata_core::{EventStore, ExpectedVersion, StreamId};
 use strata_store_postgres::PgEventStore;
-use strata_store_postgres::testing::{fresh_database_with, new_event, wait_for_listener};
+use strata_store_postgres::testing::{fresh_database_with, new_event, wait_until_listening};
 
 /// A store that polls only every 600 s (so only a notification, or the
 /// store's own look-again, can wake its subscriptions in time), a second
@@ -47,7 +47,7 @@ async fn subscription_is_woken_by_notify_long_before_the_poll_interval() -> Resu
     // then does not find makes the subscription look again quickly, which
     // would find the event without any notification: `LISTEN` coming up
     // must not count as one.)
-    wait_for_listener(&store).await?;
+    wait_until_listening(&store, &mut feed).await?;
     let append = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         writer
