@@ -303,15 +303,18 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let events = match state.decide(&command) {
                 Ok(events) if !events.is_empty() => events,
                 decided => {
-                    let decision = match &decided {
-                        Err(refusal) => CommandDecision::Refused {
-                            version,
-                            refusal: serde_json::to_value(refusal)
-                                .map_err(|e| Error::encode(format!("refusal of command {command_id}"), e))?,
-                        },
-                        Ok(_) => CommandDecision::Unchanged { version },
-                    };
+                    // An outcome without events: with a command id, it is
+                    // recorded, unless the id was decided first elsewhere.
                     if explicit_id {
+                        let decision = match &decided {
+                            Err(refusal) => CommandDecision::Refused {
+                                version,
+                                refusal: serde_json::to_value(refusal).map_err(|e| {
+                                    Error::encode(format!("refusal of command {command_id}"), e)
+                                })?,
+                            },
+                            Ok(_) => CommandDecision::Unchanged { version },
+                        };
                         let record = CommandRecord {
                             command_id,
                             stream_id: stream.clone(),

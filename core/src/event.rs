@@ -28,15 +28,15 @@ impl StreamId {
     /// Validate and wrap a stream id.
     pub fn new(id: impl Into<String>) -> Result<Self> {
         let id = id.into();
-        let reason = if id.is_empty() {
-            Some("stream id is empty")
-        } else if id.len() > MAX_STREAM_ID_LEN {
-            Some("stream id is longer than 512 bytes")
-        } else if id.chars().any(char::is_control) {
-            Some("stream id contains a control character")
-        } else {
-            None
-        };
+        let reason = name_problem(
+            &id,
+            MAX_STREAM_ID_LEN,
+            [
+                "stream id is empty",
+                "stream id is longer than 512 bytes",
+                "stream id contains a control character",
+            ],
+        );
         match reason {
             Some(reason) => Err(Error::InvalidStreamId { stream: id, reason }),
             None => Ok(StreamId(id)),
@@ -51,6 +51,21 @@ impl StreamId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// What is wrong with a name (a stream id, an event type) that must be
+/// non-empty, at most `max` bytes and free of control characters (NUL
+/// cannot be stored by PostgreSQL): one of `reasons`, in that order.
+fn name_problem(name: &str, max: usize, reasons: [&'static str; 3]) -> Option<&'static str> {
+    if name.is_empty() {
+        Some(reasons[0])
+    } else if name.len() > max {
+        Some(reasons[1])
+    } else if name.chars().any(char::is_control) {
+        Some(reasons[2])
+    } else {
+        None
     }
 }
 
@@ -257,15 +272,15 @@ impl NewEvent {
     /// [`MAX_JSON_DEPTH`] levels ([`Error::PayloadTooDeep`]).
     pub fn check_shape(&self) -> Result<()> {
         let ty = &self.event_type;
-        let reason = if ty.is_empty() {
-            Some("event type is empty")
-        } else if ty.len() > MAX_EVENT_TYPE_LEN {
-            Some("event type is longer than 256 bytes")
-        } else if ty.chars().any(char::is_control) {
-            Some("event type contains a control character")
-        } else {
-            None
-        };
+        let reason = name_problem(
+            ty,
+            MAX_EVENT_TYPE_LEN,
+            [
+                "event type is empty",
+                "event type is longer than 256 bytes",
+                "event type contains a control character",
+            ],
+        );
         if let Some(reason) = reason {
             return Err(Error::InvalidEventType {
                 event_type: ty.clone(),

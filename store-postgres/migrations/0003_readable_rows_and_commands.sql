@@ -2,52 +2,21 @@
 -- command ids name one outcome.
 --
 -- 1. Constraints refuse rows that strata could not read back, whoever
---    writes them (a DBA, a migration, another service): a stream id or
---    event type strata refuses, a negative schema version or position,
---    metadata of the wrong shape, JSON nested deeper than 64 levels or
---    holding a number beyond the range of a 64-bit float. They are added
---    NOT VALID and then validated: rows stored before this migration that
---    break them are kept (readers report each as an undecodable event and
---    go on past it), and the migration does not fail on them.
+--    writes them (a DBA, a migration, another service), as far as a check
+--    costs next to nothing: a stream id or event type strata refuses, a
+--    negative schema version or position, metadata that is not an object.
+--    Checks that walk the JSON (metadata field types, nesting depth,
+--    numbers beyond a 64-bit float) measured 30 to 50 us per row, a fifth
+--    of an append; strata validates its own events before writing, and
+--    readers report any other unreadable row as an undecodable event and go
+--    on past it. The constraints are added NOT VALID and then validated:
+--    rows stored before this migration that break them are kept (readers
+--    report them the same way), and the migration does not fail on them.
 --
 -- 2. strata.commands records the outcome of every command submitted with a
 --    command id: the events it appended (written in the same statement as
 --    the events), or a refusal, or no change. Its primary key makes the
 --    first outcome the only one.
-
-CREATE FUNCTION strata.readable_json(doc jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT NOT jsonb_path_exists(doc,
-               'strict $.**{64 to last} ? (@.type() == "array" || @.type() == "object")')
-       AND NOT jsonb_path_exists(doc,
-               'strict $.** ? (@.type() == "number" && (@ > 1.7976931348623157e308 || @ < -1.7976931348623157e308))')
-$$;
-
-COMMENT ON FUNCTION strata.readable_json(jsonb) IS
-    'whether a JSON parser limited to 64 levels of nesting and 64-bit floats reads doc back';
-
-CREATE FUNCTION strata.valid_metadata(m jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT jsonb_typeof(m) = 'object'
-       AND coalesce(jsonb_typeof(m -> 'correlation_id') = 'null'
-                    OR (jsonb_typeof(m -> 'correlation_id') = 'string'
-                        AND m ->> 'correlation_id' ~* '^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$'),
-                    true)
-       AND coalesce(jsonb_typeof(m -> 'causation_id') = 'null'
-                    OR (jsonb_typeof(m -> 'causation_id') = 'string'
-                        AND m ->> 'causation_id' ~* '^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$'),
-                    true)
-       AND coalesce(jsonb_typeof(m -> 'traceparent') IN ('null', 'string'), true)
-       AND coalesce(jsonb_typeof(m -> 'tenant_id') IN ('null', 'string'), true)
-       AND coalesce(jsonb_typeof(m -> 'headers') = 'object'
-                    AND NOT EXISTS (SELECT 1 FROM jsonb_each(m -> 'headers') h
-                                    WHERE jsonb_typeof(h.value) <> 'string'),
-                    true)
-       AND strata.readable_json(m)
-$$;
-
-COMMENT ON FUNCTION strata.valid_metadata(jsonb) IS
-    'whether m has the shape of strata event metadata';
 
 ALTER TABLE strata.events
     ADD CONSTRAINT events_position_valid CHECK (global_position > 0) NOT VALID,
@@ -58,8 +27,7 @@ ALTER TABLE strata.events
         octet_length(event_type) BETWEEN 1 AND 256
         AND event_type !~ '[\u0001-\u001f\u007f-\u009f]') NOT VALID,
     ADD CONSTRAINT events_schema_version_valid CHECK (schema_version >= 0) NOT VALID,
-    ADD CONSTRAINT events_metadata_valid CHECK (strata.valid_metadata(metadata)) NOT VALID,
-    ADD CONSTRAINT events_payload_readable CHECK (strata.readable_json(payload)) NOT VALID;
+    ADD CONSTRAINT events_metadata_valid CHECK (jsonb_typeof(metadata) = 'object') NOT VALID;
 
 -- Validate what can be: a constraint that old rows break stays NOT VALID
 -- (still enforced on new rows), with a notice.
@@ -68,7 +36,7 @@ DECLARE
     c text;
 BEGIN
     FOREACH c IN ARRAY ARRAY['events_position_valid', 'events_stream_id_valid', 'events_event_type_valid',
-                             'events_schema_version_valid', 'events_metadata_valid', 'events_payload_readable']
+                             'events_schema_version_valid', 'events_metadata_valid']
     LOOP
         BEGIN
             EXECUTE format('ALTER TABLE strata.events VALIDATE CONSTRAINT %I', c);

@@ -189,3 +189,20 @@ async fn first_connection(options: &PgConnectOptions, within: Duration) -> Resul
         last_attempt,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README and changelog quote this default; they must quote this one.
+    #[test]
+    fn docs_quote_the_group_commit_default() {
+        let quoted = format!("`max_concurrent_appends` (default {DEFAULT_MAX_CONCURRENT_APPENDS})");
+        for (name, text) in [
+            ("README.md", include_str!("../../README.md")),
+            ("CHANGELOG.md", include_str!("../../CHANGELOG.md")),
+        ] {
+            assert!(text.contains(&quoted), "{name} must say {quoted}");
+        }
+    }
+}

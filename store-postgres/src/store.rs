@@ -455,13 +455,7 @@ pub(crate) async fn insert<'e>(
             .fetch_optional(exec)
             .await
     } else {
-        sqlx::query_as(APPEND_SQL)
-            .bind(stream.as_str())
-            .bind(&batch.ids)
-            .bind(&batch.types)
-            .bind(&batch.schema_versions)
-            .bind(&batch.payloads)
-            .bind(&batch.metadata)
+        events(APPEND_SQL, stream, batch)
             .bind(exact)
             .bind(must_exist)
             .fetch_optional(exec)
@@ -485,6 +479,22 @@ fn one_event<'q>(
         .bind(batch.schema_versions[0])
         .bind(&batch.payloads[0])
         .bind(&batch.metadata[0])
+}
+
+/// A batch append statement with its first six parameters bound: stream,
+/// and the arrays of event ids, types, schema versions, payloads, metadata.
+fn events<'q>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    batch: &'q Batch,
+) -> QueryAs<'q, Postgres, (i64, i64, i64), PgArguments> {
+    sqlx::query_as(sql)
+        .bind(stream.as_str())
+        .bind(&batch.ids)
+        .bind(&batch.types)
+        .bind(&batch.schema_versions)
+        .bind(&batch.payloads)
+        .bind(&batch.metadata)
 }
 
 /// What an append statement's answer (first position, version before,
@@ -513,13 +523,7 @@ async fn insert_command(
     batch: &Batch,
     command_id: Uuid,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(APPEND_COMMAND_SQL)
-        .bind(stream.as_str())
-        .bind(&batch.ids)
-        .bind(&batch.types)
-        .bind(&batch.schema_versions)
-        .bind(&batch.payloads)
-        .bind(&batch.metadata)
+    let row: Option<(i64, i64, i64)> = events(APPEND_COMMAND_SQL, stream, batch)
         .bind(exact)
         .bind(must_exist)
         .bind(command_id)

@@ -90,8 +90,7 @@ pub async fn drop_row_checks(store: &PgEventStore) -> Result<(), BoxError> {
              DROP CONSTRAINT events_stream_id_valid,
              DROP CONSTRAINT events_event_type_valid,
              DROP CONSTRAINT events_schema_version_valid,
-             DROP CONSTRAINT events_metadata_valid,
-             DROP CONSTRAINT events_payload_readable",
+             DROP CONSTRAINT events_metadata_valid",
     )
     .execute(store.pool())
     .await?;

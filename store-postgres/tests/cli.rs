@@ -171,3 +171,69 @@ async fn cli_tail_reports_an_undecodable_row_and_prints_the_rest() -> Result<(),
     );
     Ok(())
 }
+
+/// Lines a child writes to `from`, as they come.
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn cli_tail_follow_says_why_it_skips_and_goes_on() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStore::connect(&url).await?;
+    drop_row_checks(&store).await?;
+    insert_row(&store, 1, "a", 1, "{}", "{}").await?;
+    let bad = insert_row(&store, 2, "b", 1, "{}", r#"{"tenant_id": 7}"#).await?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["events", "tail", "--follow"])
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = lines_of(child.stdout.take().ok_or("no stdout")?);
+    let stderr = lines_of(child.stderr.take().ok_or("no stderr")?);
+    let wait = std::time::Duration::from_secs(20);
+    let followed = (|| -> Result<(), BoxError> {
+        let first: RecordedEvent = serde_json::from_str(&stdout.recv_timeout(wait)?)?;
+        assert_eq!(first.stream_id.as_str(), "a");
+        let warning = stderr.recv_timeout(wait)?;
+        assert!(
+            warning.starts_with(&format!(
+                "warning: skipped: stored event {bad} at position 2 cannot be read: cannot decode metadata"
+            )),
+            "{warning}"
+        );
+        Ok(())
+    })();
+    let appended = match followed {
+        Ok(()) => {
+            let stream = StreamId::new("later")?;
+            store
+                .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+                .await?;
+            stdout
+                .recv_timeout(wait)
+                .map_err(BoxError::from)
+                .and_then(|line| Ok(serde_json::from_str::<RecordedEvent>(&line)?))
+        }
+        Err(e) => Err(e),
+    };
+    child.kill()?;
+    child.wait()?;
+    assert_eq!(
+        appended?.stream_id.as_str(),
+        "later",
+        "the feed went on past the bad row"
+    );
+    Ok(())
+}
