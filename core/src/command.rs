@@ -99,10 +99,7 @@ pub enum CommandError<E: std::error::Error + 'static> {
     #[error("command refused: {0}")]
     Domain(E),
     /// Conflicts went on after every retry.
-    #[error(
-        "stream `{}` still conflicted after {attempts} attempts: {last}",
-        Preview(stream)
-    )]
+    #[error("gave up after {attempts} attempts: {last}")]
     TooManyConflicts {
         /// The contended stream.
         stream: String,

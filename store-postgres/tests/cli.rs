@@ -7,7 +7,7 @@ use strata_core::error::BoxError;
 use strata_core::testing::contract::read_all_settled;
 use strata_core::{EventStore, ExpectedVersion, RecordedEvent, StreamId};
 use strata_store_postgres::PgEventStore;
-use strata_store_postgres::testing::{drop_row_checks, fresh_database_url, insert_row, new_event};
+use strata_store_postgres::testing::{drop_row_check, fresh_database_url, insert_row, new_event};
 
 fn run(url: &str, args: &[&str]) -> Result<Output, BoxError> {
     Ok(Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -143,7 +143,7 @@ async fn cli_horizon_names_the_transaction_that_holds_the_log_back() -> Result<(
 async fn cli_tail_reports_an_undecodable_row_and_prints_the_rest() -> Result<(), BoxError> {
     let (url, _db) = fresh_database_url().await?;
     let store = PgEventStore::connect(&url).await?;
-    drop_row_checks(&store).await?;
+    drop_row_check(&store).await?;
     insert_row(&store, 1, "a", 1, "{}", "{}").await?;
     let bad = insert_row(&store, 2, "b", 1, "{}", r#"{"tenant_id": 7}"#).await?;
     insert_row(&store, 3, "c", 1, "{}", "{}").await?;
@@ -191,7 +191,7 @@ fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Recei
 async fn cli_tail_follow_says_why_it_skips_and_goes_on() -> Result<(), BoxError> {
     let (url, _db) = fresh_database_url().await?;
     let store = PgEventStore::connect(&url).await?;
-    drop_row_checks(&store).await?;
+    drop_row_check(&store).await?;
     insert_row(&store, 1, "a", 1, "{}", "{}").await?;
     let bad = insert_row(&store, 2, "b", 1, "{}", r#"{"tenant_id": 7}"#).await?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))

@@ -13,7 +13,7 @@ use strata_core::testing::contract::{nested_payload, read_all_settled};
 use strata_core::{CommandHandler, Error, EventStore, ExpectedVersion, StreamId};
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{
-    drop_row_checks, fresh_database, fresh_database_with, insert_row, new_event,
+    drop_row_check, fresh_database, fresh_database_with, insert_row, new_event,
 };
 use support::{Wallet, WalletCommand};
 
@@ -29,9 +29,10 @@ fn position(n: i64) -> i64 {
 fn bad_rows() -> Vec<(&'static str, i32, String, &'static str, bool)> {
     let deep = nested_payload(200).to_string();
     vec![
-        ("metadata not an object", 1, "{}".into(), "[1]", true),
+        ("metadata not an object", 1, "{}".into(), "[1]", false),
         ("negative schema version", -1, "{}".into(), "{}", true),
-        ("bad stream id", 1, "{}".into(), "{}", true),
+        ("empty stream id", 1, "{}".into(), "{}", true),
+        ("control character in the stream id", 1, "{}".into(), "{}", false),
         (
             "wrong metadata field",
             1,
@@ -45,15 +46,15 @@ fn bad_rows() -> Vec<(&'static str, i32, String, &'static str, bool)> {
 }
 
 fn stream_of(what: &str, n: i64) -> String {
-    if what == "bad stream id" {
-        "ctl\u{1}".to_owned()
-    } else {
-        format!("bad-{n}")
+    match what {
+        "empty stream id" => String::new(),
+        "control character in the stream id" => "ctl\u{1}".to_owned(),
+        _ => format!("bad-{n}"),
     }
 }
 
 #[tokio::test]
-async fn the_schema_refuses_rows_no_reader_could_read_where_a_check_is_cheap() -> Result<(), BoxError> {
+async fn the_schema_refuses_unreadable_rows_where_a_check_is_cheap() -> Result<(), BoxError> {
     let (store, _db) = fresh_database().await?;
     for (n, (what, schema_version, payload, metadata, refused)) in bad_rows().into_iter().enumerate() {
         let n = n as i64 + 1;
@@ -126,7 +127,7 @@ async fn an_event_too_deep_to_read_is_refused_at_append_and_nothing_is_stored() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_of_the_log_name_each_unreadable_row_and_go_on_past_it() -> Result<(), BoxError> {
     let (store, _db) = fresh_database_with(|o| o.poll_interval(Duration::from_millis(100))).await?;
-    drop_row_checks(&store).await?;
+    drop_row_check(&store).await?;
     // good, bad, good, bad, ... good: every bad row between two good ones.
     let mut expected = Vec::new();
     let mut n = 0;
@@ -217,7 +218,7 @@ async fn readers_of_the_log_name_each_unreadable_row_and_go_on_past_it() -> Resu
 #[tokio::test]
 async fn an_unreadable_row_in_a_stream_fails_its_load_naming_the_event() -> Result<(), BoxError> {
     let (store, _db) = fresh_database().await?;
-    drop_row_checks(&store).await?;
+    drop_row_check(&store).await?;
     let id = insert_row(&store, position(1), "wallet-1", 1, "[1e400]", "{}").await?;
     let handler = CommandHandler::<Wallet, PgEventStore>::new(store.clone());
     let err = handler.load("1").await.unwrap_err();
