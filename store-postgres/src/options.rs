@@ -117,7 +117,7 @@ impl PgEventStoreOptions {
     /// A server that refuses connections or does not answer is tried again,
     /// with back-off, until the acquire timeout; then the result is
     /// [`Error::Connection`] saying what the last attempt got
-    /// ([`ConnectTimeout`](crate::error::ConnectTimeout)). A malformed
+    /// ([`ConnectTimeout`]). A malformed
     /// URL, a scheme other than `postgres` or `postgresql`, a wrong
     /// password, an unknown role or database is [`Error::Configuration`],
     /// at once.

@@ -500,7 +500,8 @@ pub async fn unreadable_events_are_refused<S: EventStore>(store: &S) -> Result<(
         change(&mut e);
         vec![event(0), e]
     };
-    let cases: Vec<(Vec<NewEvent>, fn(&Error) -> bool)> = vec![
+    type Case = (Vec<NewEvent>, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
         (
             refused(event(1), &|e| e.payload = nested_payload(MAX_JSON_DEPTH + 1)),
             |e| matches!(e, Error::PayloadTooDeep { depth, .. } if *depth == MAX_JSON_DEPTH + 1),
