@@ -237,3 +237,52 @@ async fn cli_tail_follow_says_why_it_skips_and_goes_on() -> Result<(), BoxError>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn cli_horizon_names_a_prepared_transaction_that_holds_the_log_back() -> Result<(), BoxError> {
+    let (url, db) = fresh_database_url().await?;
+    let store = PgEventStore::connect(&url).await?;
+    // Two-phase commit: prepared, it belongs to no backend and outlives
+    // its connection.
+    let gid = format!("held-{db}");
+    let mut conn = store.pool().acquire().await?;
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    sqlx::query("CREATE TABLE side (x int)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("PREPARE TRANSACTION '{gid}'"))
+        .execute(&mut *conn)
+        .await?;
+    drop(conn);
+    let stream = StreamId::new("held")?;
+    let checked = async {
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+            .await?;
+        let mut sentence = String::new();
+        for _ in 0..100 {
+            sentence = strata(&url, &["events", "horizon"])?;
+            if sentence.contains(&gid) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok::<_, BoxError>(sentence)
+    }
+    .await;
+    sqlx::query(&format!("ROLLBACK PREPARED '{gid}'"))
+        .execute(store.pool())
+        .await?;
+    let sentence = checked?;
+    assert!(
+        sentence.starts_with(&format!(
+            "1 committed event is not readable yet: prepared transaction '{gid}'"
+        )),
+        "{sentence}"
+    );
+    assert!(
+        sentence.contains(&format!("ROLLBACK PREPARED '{gid}'")),
+        "{sentence}"
+    );
+    Ok(())
+}
