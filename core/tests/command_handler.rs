@@ -40,6 +40,17 @@ async fn open(handler: &Handler<impl EventStore>, id: &str) -> Result<(), Comman
     Ok(())
 }
 
+/// A `Deposited` event as schema v1 stored it: `{"value": n}`.
+fn deposited_v1(value: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "Deposited".into(),
+        schema_version: 1,
+        payload: json!({ "value": value }),
+        metadata: Metadata::default(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_resolve_conflicts_by_retry() -> Result<(), Box<dyn std::error::Error>> {
     let store = DelayedAppends::new(InMemoryEventStore::new(), Duration::from_millis(3));
@@ -251,13 +262,7 @@ async fn load_upcasts_old_events_and_reports_unknown_ones() -> Result<(), Box<dy
     let handler = Handler::with_options(store.clone(), bank::upcasters(), options(0, None));
     open(&handler, "acc").await?;
     let stream = StreamId::new("account-acc")?;
-    let v1 = NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: "Deposited".into(),
-        schema_version: 1,
-        payload: json!({ "value": 42 }),
-        metadata: Metadata::default(),
-    };
+    let v1 = deposited_v1(42);
     store.append(&stream, ExpectedVersion::Exact(1), vec![v1]).await?;
     assert_eq!(handler.load("acc").await?.0.balance, 42);
     let unknown = NewEvent {
@@ -430,13 +435,7 @@ async fn command_errors_say_why() -> Result<(), Box<dyn std::error::Error>> {
         "command refused: insufficient funds: balance 0, requested 5"
     );
     // A v1 deposit without its upcaster: the message names the missing step.
-    let v1 = NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: "Deposited".into(),
-        schema_version: 1,
-        payload: json!({ "value": 42 }),
-        metadata: Metadata::default(),
-    };
+    let v1 = deposited_v1(42);
     store
         .append(
             &StreamId::new("account-acc")?,

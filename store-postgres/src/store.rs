@@ -28,6 +28,27 @@ use crate::row::{
 /// again after a concurrent writer took the version it computed.
 const MAX_APPEND_ATTEMPTS: usize = 1000;
 
+/// The common expressions of [`APPEND_SQL`] and [`APPEND_COMMAND_SQL`]:
+/// read the stream's version (`cur`), check it (`ok`), insert the batch
+/// (`ins`).
+macro_rules! append_ctes {
+    () => {
+        "\
+WITH cur AS MATERIALIZED (
+    SELECT coalesce(max(stream_version), 0) AS v, pg_current_xact_id()::text::bigint << 20 AS base
+    FROM strata.events WHERE stream_id = $1
+), ok AS MATERIALIZED (
+    SELECT v, base FROM cur WHERE ($7::bigint IS NULL OR v = $7) AND (NOT $8::bool OR v > 0)
+), ins AS (
+INSERT INTO strata.events
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
+FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
+         WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
+)"
+    };
+}
+
 /// The append, one statement and therefore one transaction: the version
 /// check, the version numbering and the gap-free position all happen inside
 /// it. The unique `(stream_id, stream_version)` index turns a concurrent
@@ -38,41 +59,23 @@ const MAX_APPEND_ATTEMPTS: usize = 1000;
 /// back per event: the statement is its transaction's only write, so the
 /// batch's positions are `base | 1 ..= base | n`, and the versions follow
 /// `v`. The position base is computed once, not per row.
-const APPEND_SQL: &str = "\
-WITH cur AS MATERIALIZED (
-    SELECT coalesce(max(stream_version), 0) AS v, pg_current_xact_id()::text::bigint << 20 AS base
-    FROM strata.events WHERE stream_id = $1
-), ok AS MATERIALIZED (
-    SELECT v, base FROM cur WHERE ($7::bigint IS NULL OR v = $7) AND (NOT $8::bool OR v > 0)
-), ins AS (
-INSERT INTO strata.events
-    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
-FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
-         WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
-)
-SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok";
+const APPEND_SQL: &str = concat!(
+    append_ctes!(),
+    "
+SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
+);
 
 /// [`APPEND_SQL`] that also records command `$9` as having appended the
 /// batch, in the same statement: a command id already recorded fails it
 /// with a unique violation on `commands_pkey`, and stores nothing.
-const APPEND_COMMAND_SQL: &str = "\
-WITH cur AS MATERIALIZED (
-    SELECT coalesce(max(stream_version), 0) AS v, pg_current_xact_id()::text::bigint << 20 AS base
-    FROM strata.events WHERE stream_id = $1
-), ok AS MATERIALIZED (
-    SELECT v, base FROM cur WHERE ($7::bigint IS NULL OR v = $7) AND (NOT $8::bool OR v > 0)
-), ins AS (
-INSERT INTO strata.events
-    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
-FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
-         WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
-), cmd AS (
+const APPEND_COMMAND_SQL: &str = concat!(
+    append_ctes!(),
+    ", cmd AS (
 INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version)
 SELECT $9, $1, 'appended', ok.v + 1, ok.v + cardinality($2::uuid[]) FROM ok
 )
-SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok";
+SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
+);
 
 /// [`APPEND_SQL`] for a single event, with scalar parameters: unpacking
 /// arrays costs a single-event append about a fifth of its throughput.

@@ -105,6 +105,21 @@ async fn cli_errors_say_what_to_do_once() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// `strata events horizon`, asked until it names `holder` (up to 10 s):
+/// transactions of tests running beside this one, on the same server, can
+/// be the oldest for a moment. The last sentence either way.
+async fn horizon_naming(url: &str, holder: &str) -> Result<String, BoxError> {
+    let mut sentence = String::new();
+    for _ in 0..100 {
+        sentence = strata(url, &["events", "horizon"])?;
+        if sentence.contains(holder) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(sentence)
+}
+
 #[tokio::test]
 async fn cli_horizon_names_the_transaction_that_holds_the_log_back() -> Result<(), BoxError> {
     let (url, _db) = fresh_database_url().await?;
@@ -117,16 +132,7 @@ async fn cli_horizon_names_the_transaction_that_holds_the_log_back() -> Result<(
     store
         .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
         .await?;
-    // Transactions of tests running beside this one, on the same server,
-    // can be older for a moment: ask until ours is the oldest.
-    let mut sentence = String::new();
-    for _ in 0..100 {
-        sentence = strata(&url, &["events", "horizon"])?;
-        if sentence.contains(&format!("pid {pid} ")) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let sentence = horizon_naming(&url, &format!("pid {pid} ")).await?;
     assert!(
         sentence.starts_with("1 committed event is not readable yet: the transaction of backend pid"),
         "{sentence}"
@@ -259,15 +265,7 @@ async fn cli_horizon_names_a_prepared_transaction_that_holds_the_log_back() -> R
         store
             .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
             .await?;
-        let mut sentence = String::new();
-        for _ in 0..100 {
-            sentence = strata(&url, &["events", "horizon"])?;
-            if sentence.contains(&gid) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        Ok::<_, BoxError>(sentence)
+        horizon_naming(&url, &gid).await
     }
     .await;
     sqlx::query(&format!("ROLLBACK PREPARED '{gid}'"))
