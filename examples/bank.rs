@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use strata_core::testing::DelayedAppends;
+use strata_core::testing::fixtures::bank::{self, BankAccount, BankCommand, BankError, BankEvent};
 use strata_core::{
     CommandError, CommandHandler, CommandHandlerOptions, EventStore, InMemoryEventStore, StreamId,
 };
-use strata_examples::bank::{self, BankAccount, BankCommand, BankError, BankEvent};
 
 type Handler = CommandHandler<BankAccount, DelayedAppends<InMemoryEventStore>>;
 

@@ -60,6 +60,14 @@
 //! assert!(handler.execute("c1", 5).await.unwrap_err().domain().is_some());
 //! let (counter, version) = handler.load("c1").await?;
 //! assert_eq!((counter.total, version), (9, 2));
+//!
+//! // Ids and JSON values come re-exported: no `uuid` or `serde_json` in
+//! // your manifest. A command id makes a command idempotent.
+//! let ctx = strata_core::CommandContext::with_id(strata_core::Uuid::now_v7());
+//! let first = handler.execute_with("c2", 1, ctx.clone()).await?;
+//! let again = handler.execute_with("c2", 1, ctx).await?;
+//! assert!(again.deduplicated && again.stream_version == first.stream_version);
+//! assert_eq!(strata_core::json!({"n": 1}), first.events[0].event.encode()?);
 //! # Ok(()) }
 //! ```
 //!
@@ -87,8 +95,13 @@ mod readme {}
 pub use aggregate::Aggregate;
 pub use bus::{BusConsumer, Delivery, InMemoryBus, MessageBus};
 pub use command::{CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};
 pub use memory::InMemoryEventStore;
+/// Re-exported, so that aggregates, upcasters and command contexts can name
+/// ids and JSON values without their own dependency on these crates.
+pub use serde_json::{self, Value, json};
 pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, Subscription};
 pub use upcast::Upcasters;
+/// Re-exported: event and command ids are [`Uuid`]s.
+pub use uuid::{self, Uuid};

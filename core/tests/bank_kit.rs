@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use strata_core::Aggregate;
+use strata_core::testing::fixtures::bank::{self, BankAccount, BankCommand, BankError, BankEvent};
 use strata_core::testing::{AggregateTest, Laws};
-use strata_examples::bank::{self, BankAccount, BankCommand, BankError, BankEvent};
 
 fn opened() -> BankEvent {
     BankEvent::Opened { owner: "ada".into() }

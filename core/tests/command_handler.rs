@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_core::testing::DelayedAppends;
+use strata_core::testing::fixtures::bank::{self, BankAccount, BankCommand, BankError};
 use strata_core::{
     CommandContext, CommandError, CommandHandler, CommandHandlerOptions, Error, EventStore, ExpectedVersion,
     InMemoryEventStore, Metadata, NewEvent, Snapshot, StreamId,
 };
-use strata_examples::bank::{self, BankAccount, BankCommand, BankError};
 use uuid::Uuid;
 
 type Handler<S> = CommandHandler<BankAccount, S>;

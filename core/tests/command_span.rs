@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use strata_core::testing::fixtures::bank::{BankAccount, BankCommand};
 use strata_core::{CommandContext, CommandHandler, InMemoryEventStore};
-use strata_examples::bank::{BankAccount, BankCommand};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};

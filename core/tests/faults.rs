@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use strata_core::error::BoxError;
 use strata_core::store::{CommandRecord, follow};
+use strata_core::testing::fixtures::bank::{BankAccount, BankCommand};
 use strata_core::{
     AppendResult, CommandError, CommandHandler, Error, EventStore, ExpectedVersion, InMemoryEventStore,
     NewEvent, RecordedEvent, Result, Snapshot, StreamId, Subscription,
 };
-use strata_examples::bank::{BankAccount, BankCommand};
 use uuid::Uuid;
 
 /// What a [`Faulty`] store does wrong.

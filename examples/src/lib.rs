@@ -1,4 +1,2 @@
-//! Shared code of the strata examples: the bank-account aggregate used by
-//! `cargo run --example bank` and by the core test kit's tests.
-
-pub mod bank;
+//! strata's runnable examples: `cargo run --example bank`. The crate holds
+//! nothing else, and nothing depends on it.

@@ -3,8 +3,8 @@
 //! The PostgreSQL [`EventStore`](strata_core::EventStore) of strata:
 //! [`PgEventStore`], an append-only event log with optimistic concurrency,
 //! idempotent appends, snapshots, a gap-free global log and live
-//! subscriptions; plus the `strata` operator command line (`strata migrate`,
-//! `strata events stream|tail|horizon`).
+//! subscriptions. The `strata` operator command line (`strata migrate`,
+//! `strata events stream|tail|horizon`) is the crate `strata-cli`.
 //!
 //! Commands with a command id record their first outcome in
 //! `strata.commands`: with their events, in the append's own statement, or

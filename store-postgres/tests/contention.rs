@@ -4,48 +4,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use strata_core::error::BoxError;
-use strata_core::{Aggregate, CommandHandler, CommandHandlerOptions, Event, EventStore, Upcasters};
+use strata_core::testing::fixtures::counter::Counter;
+use strata_core::{CommandHandler, CommandHandlerOptions, EventStore, Upcasters};
 use strata_store_postgres::testing::fresh_database_with;
 
 const TASKS: usize = 64;
 const COMMANDS_PER_TASK: usize = 100;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum CounterEvent {
-    Incremented { by: u64 },
-}
-
-impl Event for CounterEvent {
-    fn event_type(&self) -> &'static str {
-        "Incremented"
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
-#[error("never refused")]
-struct Never;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Counter {
-    total: u64,
-}
-
-impl Aggregate for Counter {
-    const TYPE: &'static str = "counter";
-    type Command = u64;
-    type Event = CounterEvent;
-    type Error = Never;
-
-    fn decide(&self, by: &u64) -> Result<Vec<CounterEvent>, Never> {
-        Ok(vec![CounterEvent::Incremented { by: *by }])
-    }
-
-    fn apply(&mut self, CounterEvent::Incremented { by }: &CounterEvent) {
-        self.total += by;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_on_one_stream_lose_nothing() -> Result<(), BoxError> {

@@ -1,8 +1,6 @@
 //! Rows no reader could read back: the schema refuses them, and where old
 //! rows hold them, every global-log reader names the row and goes on.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -10,12 +8,12 @@ use serde_json::json;
 use strata_core::error::BoxError;
 use strata_core::event::MAX_JSON_DEPTH;
 use strata_core::testing::contract::{nested_payload, read_all_settled};
+use strata_core::testing::fixtures::bank::{BankAccount, BankCommand};
 use strata_core::{CommandHandler, Error, EventStore, ExpectedVersion, StreamId};
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{
     drop_row_check, fresh_database, fresh_database_with, insert_row, new_event,
 };
-use support::{Wallet, WalletCommand};
 
 /// Positions below any strata hands out (transaction id << 20), so below
 /// the horizon, in order.
@@ -219,15 +217,15 @@ async fn readers_of_the_log_name_each_unreadable_row_and_go_on_past_it() -> Resu
 async fn an_unreadable_row_in_a_stream_fails_its_load_naming_the_event() -> Result<(), BoxError> {
     let (store, _db) = fresh_database().await?;
     drop_row_check(&store).await?;
-    let id = insert_row(&store, position(1), "wallet-1", 1, "[1e400]", "{}").await?;
-    let handler = CommandHandler::<Wallet, PgEventStore>::new(store.clone());
+    let id = insert_row(&store, position(1), "account-1", 1, "[1e400]", "{}").await?;
+    let handler = CommandHandler::<BankAccount, PgEventStore>::new(store.clone());
     let err = handler.load("1").await.unwrap_err();
     assert!(
         matches!(err, Error::UndecodableEvent { event_id, .. } if event_id == id),
         "{err:?}"
     );
     let message = handler
-        .execute("1", WalletCommand::Add(1))
+        .execute("1", BankCommand::Deposit { amount: 1 })
         .await
         .unwrap_err()
         .to_string();

@@ -18,12 +18,12 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
+use strata_core::testing::fixtures::counter::{Counter, CounterEvent, added};
 use strata_core::{
-    Aggregate, CommandHandler, CommandHandlerOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Aggregate, CommandHandler, CommandHandlerOptions, EventStore, ExpectedVersion, Metadata, NewEvent,
     Snapshot, StreamId, Upcasters,
 };
 use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
@@ -33,49 +33,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const ROUNDS: usize = 5;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum CounterEvent {
-    Added { n: u64, note: String },
-}
-
-impl Event for CounterEvent {
-    fn event_type(&self) -> &'static str {
-        "Added"
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
-#[error("never")]
-struct Never;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Counter {
-    total: u64,
-}
-
-impl Aggregate for Counter {
-    const TYPE: &'static str = "counter";
-    type Command = u64;
-    type Event = CounterEvent;
-    type Error = Never;
-
-    /// The amount added depends on the state, so a command must load it.
-    fn decide(&self, n: &u64) -> Result<Vec<CounterEvent>, Never> {
-        Ok(vec![added(self.total % 7 + n)])
-    }
-
-    fn apply(&mut self, CounterEvent::Added { n, .. }: &CounterEvent) {
-        self.total += n;
-    }
-}
-
-fn added(n: u64) -> CounterEvent {
-    CounterEvent::Added {
-        n,
-        note: "a payload of realistic size for a small domain event".to_owned(),
-    }
-}
 
 fn new_event(n: u64) -> NewEvent {
     NewEvent::from_event(&added(n), Metadata::default()).expect("encodable event")
@@ -224,29 +181,14 @@ where
     })
 }
 
-/// The raw baseline's table: the framework's columns and indexes, with a
-/// plain identity column for the position and versions the caller computes.
+/// The raw baseline's tables: copies of the framework's (made by its
+/// migrations), columns, constraints and indexes, with a plain identity
+/// column for the position and versions the caller computes.
 const RAW_SCHEMA: &str = "
 CREATE SCHEMA raw;
-CREATE TABLE raw.events (
-    global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    stream_id text NOT NULL,
-    stream_version bigint NOT NULL,
-    event_id uuid NOT NULL UNIQUE,
-    event_type text NOT NULL,
-    schema_version int NOT NULL,
-    payload jsonb NOT NULL,
-    metadata jsonb NOT NULL DEFAULT '{}',
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (stream_id, stream_version)
-);
-CREATE TABLE raw.snapshots (
-    stream_id text PRIMARY KEY,
-    stream_version bigint NOT NULL,
-    schema_version int NOT NULL,
-    state jsonb NOT NULL,
-    taken_at timestamptz NOT NULL DEFAULT now()
-);";
+CREATE TABLE raw.events (LIKE strata.events INCLUDING ALL);
+ALTER TABLE raw.events ALTER COLUMN global_position ADD GENERATED ALWAYS AS IDENTITY;
+CREATE TABLE raw.snapshots (LIKE strata.snapshots INCLUDING ALL);";
 
 const RAW_INSERT: &str = "INSERT INTO raw.events
     (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)

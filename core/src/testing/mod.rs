@@ -8,9 +8,12 @@
 //!   user invariants hold after every step; failures shrink to a minimal
 //!   command sequence.
 //! - [`DelayedAppends`]: a store wrapper that makes concurrent writers collide.
+//! - [`fixtures`]: sample aggregates (a bank account, a counter) shared by
+//!   tests, benchmarks and examples.
 
 pub mod contract;
 mod delay;
+pub mod fixtures;
 mod kit;
 mod laws;
 

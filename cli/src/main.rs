@@ -1,4 +1,6 @@
-//! `strata`: operator commands for a strata PostgreSQL event store.
+//! `strata` (crate `strata-cli`): operator commands for a strata PostgreSQL
+//! event store. Install it with `cargo install --path cli`, or run it in
+//! the workspace with `cargo run -p strata-cli -- ...`.
 //!
 //! ```text
 //! strata migrate --database-url URL [--connect-timeout SECS]
