@@ -154,19 +154,48 @@ pub struct CommandHandler<A, S> {
 }
 
 impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
-    /// A handler with default options and no upcasters.
+    /// A handler with default options and the upcasters declared with the
+    /// event type ([`Event::upcasters`]).
+    ///
+    /// # Panics
+    ///
+    /// If those upcasters do not lift every event type to its current
+    /// version (see [`try_with_options`](Self::try_with_options)).
     pub fn new(store: S) -> Self {
         Self::with_options(store, Upcasters::new(), CommandHandlerOptions::default())
     }
 
-    /// A handler with explicit upcasters and options.
+    /// A handler with explicit options, and `upcasters` added to those
+    /// declared with the event type ([`Event::upcasters`]; a step given
+    /// here replaces a declared one).
+    ///
+    /// # Panics
+    ///
+    /// If the upcasters do not lift every event type to its current
+    /// version: a mistake to find at start-up, not on the first old event.
+    /// [`try_with_options`](Self::try_with_options) returns it instead.
     pub fn with_options(store: S, upcasters: Upcasters, options: CommandHandlerOptions) -> Self {
-        CommandHandler {
+        match Self::try_with_options(store, upcasters, options) {
+            Ok(handler) => handler,
+            Err(e) => panic!("command handler for aggregate `{}`: {e}", A::TYPE),
+        }
+    }
+
+    /// [`with_options`](Self::with_options), answering an incomplete upcaster
+    /// chain ([`Upcasters::check`]) with an error instead of a panic.
+    pub fn try_with_options(
+        store: S,
+        upcasters: Upcasters,
+        options: CommandHandlerOptions,
+    ) -> Result<Self, Error> {
+        let upcasters = A::Event::upcasters().merge(upcasters);
+        upcasters.check::<A::Event>()?;
+        Ok(CommandHandler {
             store,
             upcasters,
             options,
             _aggregate: PhantomData,
-        }
+        })
     }
 
     /// The store this handler writes to.

@@ -103,11 +103,73 @@ pub struct Metadata {
 
 /// A domain event type, usually an enum with one variant per event.
 ///
+/// # `#[derive(Event)]` (feature `derive`, on by default)
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use strata_core::{BoxError, Event, Value};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+/// enum AccountEvent {
+///     Opened { owner: String },
+///     // Stored as "MoneyDeposited", whatever the variant is called later.
+///     // Schema v2; v1 called the field `value`, and this lifts it.
+///     #[strata(rename = "MoneyDeposited", version = 2, upcast(from = 1, with = deposited_v1))]
+///     Deposited { amount: u64 },
+///     Closed,
+/// }
+///
+/// fn deposited_v1(mut v: Value) -> Result<Value, BoxError> {
+///     let amount = v["value"].take();
+///     Ok(strata_core::json!({ "amount": amount }))
+/// }
+///
+/// # fn main() -> strata_core::Result<()> {
+/// let e = AccountEvent::Deposited { amount: 5 };
+/// assert_eq!(e.event_type(), "MoneyDeposited");
+/// assert_eq!(AccountEvent::current_version("MoneyDeposited"), 2);
+/// // Every reader gets the upcasters declared with the type.
+/// let old = strata_core::json!({ "value": 5 });
+/// assert_eq!(AccountEvent::upcasters().decode::<AccountEvent>("MoneyDeposited", 1, old)?, e);
+/// # Ok(()) }
+/// ```
+///
+/// A chain with a missing step does not compile:
+///
+/// ```compile_fail
+/// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, strata_core::Event)]
+/// enum E {
+///     #[strata(version = 3, upcast(from = 1, with = up))]
+///     Moved { to: u32 },
+/// }
+/// fn up(v: strata_core::Value) -> Result<strata_core::Value, strata_core::BoxError> { Ok(v) }
+/// ```
+///
+/// and neither does a serde shape other than the externally tagged one:
+///
+/// ```compile_fail
+/// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, strata_core::Event)]
+/// #[serde(tag = "type")]
+/// enum E {
+///     Moved { to: u32 },
+/// }
+/// ```
+///
+/// Each variant is one event type, named after the variant (or its
+/// `#[serde(rename)]`); `#[strata(rename = "...")]` keeps the stored name
+/// stable when the variant is renamed. `#[strata(version = N)]` sets the
+/// schema version, and `#[strata(upcast(from = K, with = f))]` declares the
+/// step from `K` to `K + 1`, a `fn(Value) -> Result<Value, BoxError>`. A
+/// chain that does not reach the current version does not compile. The
+/// command handler, the property laws and every other reader apply the
+/// declared upcasters without wiring ([`Event::upcasters`]).
+///
+/// # By hand
+///
 /// The default [`encode`](Event::encode)/[`decode`](Event::decode) use
 /// serde's default ("externally tagged") enum representation: the variant
-/// name is the stored event type (rename it with `#[serde(rename = "...")]`
-/// to keep it stable) and the variant's content is the payload. Override
-/// both for any other shape.
+/// name is the stored event type and the variant's content is the payload.
+/// Override both for any other shape.
 pub trait Event: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static {
     /// The stable type name of this event, as stored.
     fn event_type(&self) -> &'static str;
@@ -120,6 +182,20 @@ pub trait Event: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync
         1
     }
 
+    /// Every event type name this type is stored as, where it can say
+    /// (`#[derive(Event)]` lists them): [`Upcasters::check`] uses it to
+    /// find incomplete chains at start-up. Empty by default.
+    fn event_types() -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The upcasters declared with this type (`#[derive(Event)]` registers
+    /// its `upcast` steps). The command handler and the property laws start
+    /// from these and add the ones they are given. None by default.
+    fn upcasters() -> Upcasters {
+        Upcasters::new()
+    }
+
     /// This event's payload as JSON, without its type name.
     ///
     /// The default takes serde's externally tagged form `{"Type": payload}`
@@ -128,56 +204,73 @@ pub trait Event: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync
     /// variant name that differs from `event_type()`, a struct, an
     /// internally tagged enum) would not decode back to the same event, and
     /// is [`Error::UnencodableEvent`]: override `encode` and `decode`
-    /// together for such types.
+    /// together for such types (or derive them).
     fn encode(&self) -> Result<Value> {
-        let event_type = self.event_type();
-        let value = serde_json::to_value(self).map_err(|e| Error::encode(format!("`{event_type}`"), e))?;
-        let unfaithful = |reason: String| Error::UnencodableEvent {
-            event_type: event_type.to_owned(),
-            reason,
-        };
-        match value {
-            Value::String(name) if name == event_type => Ok(Value::Null),
-            Value::String(name) => Err(unfaithful(format!(
-                "it serializes as the unit variant `{name}`, but event_type() is `{event_type}`"
-            ))),
-            Value::Object(mut map) if map.len() == 1 => match map.remove(event_type) {
-                Some(payload) => Ok(payload),
-                None => {
-                    let key = map.keys().next().map_or("", String::as_str);
-                    Err(unfaithful(format!(
-                        "it serializes as {{\"{key}\": ...}}, which names no variant `{event_type}` \
-                         (a variant renamed apart from event_type(), or a struct with one field)"
-                    )))
-                }
-            },
-            other => Err(unfaithful(format!(
-                "the default encoding takes an externally tagged enum variant, but it serializes as {}; \
-                 override Event::encode and Event::decode",
-                json_kind(&other)
-            ))),
-        }
+        encode_tagged(self, self.event_type(), self.event_type())
     }
 
     /// Build an event from its type name and a payload at the current schema
     /// version. An unknown type is [`Error::UnknownEventType`].
     fn decode(event_type: &str, schema_version: u32, payload: Value) -> Result<Self> {
-        // `{"Type": null}` reads as a unit variant too (and as a newtype
-        // variant holding `None`), so every payload decodes the same way.
-        let mut map = serde_json::Map::with_capacity(1);
-        map.insert(event_type.to_owned(), payload);
-        serde_json::from_value(Value::Object(map)).map_err(|e| {
-            // serde's enum visitor reports a missing variant as `unknown variant`.
-            if e.is_data() && e.to_string().starts_with("unknown variant") {
-                Error::UnknownEventType {
-                    event_type: event_type.to_owned(),
-                    schema_version,
-                }
-            } else {
-                Error::decode(format!("payload of `{event_type}`"), e)
-            }
-        })
+        decode_tagged(event_type, event_type, schema_version, payload)
     }
+}
+
+/// The payload of `event`, whose serde form must be the externally tagged
+/// `{tag: payload}` (or `"tag"` for a unit variant); `event_type` names it
+/// in errors. Any other form is [`Error::UnencodableEvent`]. Used by the
+/// default [`Event::encode`] and by `#[derive(Event)]`.
+pub fn encode_tagged<E: Serialize>(event: &E, tag: &str, event_type: &str) -> Result<Value> {
+    let value = serde_json::to_value(event).map_err(|e| Error::encode(format!("`{event_type}`"), e))?;
+    let unfaithful = |reason: String| Error::UnencodableEvent {
+        event_type: event_type.to_owned(),
+        reason,
+    };
+    match value {
+        Value::String(name) if name == tag => Ok(Value::Null),
+        Value::String(name) => Err(unfaithful(format!(
+            "it serializes as the unit variant `{name}`, but it is stored as `{tag}`"
+        ))),
+        Value::Object(mut map) if map.len() == 1 => match map.remove(tag) {
+            Some(payload) => Ok(payload),
+            None => {
+                let key = map.keys().next().map_or("", String::as_str);
+                Err(unfaithful(format!(
+                    "it serializes as {{\"{key}\": ...}}, which names no variant `{tag}` \
+                     (a variant renamed apart from event_type(), or a struct with one field)"
+                )))
+            }
+        },
+        other => Err(unfaithful(format!(
+            "the default encoding takes an externally tagged enum variant, but it serializes as {}; \
+             override Event::encode and Event::decode",
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// Decode `payload` as the variant serde calls `tag`, for the stored
+/// `event_type`: the inverse of [`encode_tagged`]. `{"tag": null}` reads as
+/// a unit variant too (and as a newtype variant holding `None`).
+pub fn decode_tagged<E: DeserializeOwned>(
+    tag: &str,
+    event_type: &str,
+    schema_version: u32,
+    payload: Value,
+) -> Result<E> {
+    let mut map = serde_json::Map::with_capacity(1);
+    map.insert(tag.to_owned(), payload);
+    serde_json::from_value(Value::Object(map)).map_err(|e| {
+        // serde's enum visitor reports a missing variant as `unknown variant`.
+        if e.is_data() && e.to_string().starts_with("unknown variant") {
+            Error::UnknownEventType {
+                event_type: event_type.to_owned(),
+                schema_version,
+            }
+        } else {
+            Error::decode(format!("payload of `{event_type}`"), e)
+        }
+    })
 }
 
 fn json_kind(value: &Value) -> String {

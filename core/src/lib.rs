@@ -26,12 +26,8 @@
 //! use serde::{Deserialize, Serialize};
 //! use strata_core::{Aggregate, CommandHandler, Event, InMemoryEventStore};
 //!
-//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 //! enum CounterEvent { Added { n: u32 } }
-//!
-//! impl Event for CounterEvent {
-//!     fn event_type(&self) -> &'static str { "Added" }
-//! }
 //!
 //! #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 //! #[error("too many")]
@@ -73,9 +69,13 @@
 //!
 //! ## Feature flags
 //!
+//! - `derive` (default): `#[derive(Event)]`, see [`Event`](trait@Event).
 //! - `testing`: the [`testing`] module: the store contract suite any
 //!   [`EventStore`] can run, and the aggregate test kit (given / when /
 //!   then, and proptest laws over random command sequences).
+
+// `#[derive(Event)]` names `::strata_core`, also inside this crate.
+extern crate self as strata_core;
 
 pub mod aggregate;
 pub mod bus;
@@ -102,6 +102,9 @@ pub use memory::InMemoryEventStore;
 /// ids and JSON values without their own dependency on these crates.
 pub use serde_json::{self, Value, json};
 pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, Subscription};
+/// `#[derive(Event)]`: see [`Event`](trait@Event).
+#[cfg(feature = "derive")]
+pub use strata_macros::Event;
 pub use upcast::Upcasters;
 /// Re-exported: event and command ids are [`Uuid`]s.
 pub use uuid::{self, Uuid};

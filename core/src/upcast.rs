@@ -72,6 +72,31 @@ impl Upcasters {
         self.steps.is_empty()
     }
 
+    /// These steps and `other`'s; where both have a step for the same
+    /// (type, version), `other`'s wins.
+    pub fn merge(mut self, other: Upcasters) -> Self {
+        self.steps.extend(other.steps);
+        self
+    }
+
+    /// Check at start-up that every event type `E` lists
+    /// ([`Event::event_types`]) can be lifted from version 1 to its current
+    /// version: a missing step is [`Error::UnknownSchemaVersion`] now, not
+    /// on the first old event read.
+    pub fn check<E: Event>(&self) -> Result<()> {
+        for &event_type in E::event_types() {
+            let current = E::current_version(event_type);
+            if let Some(found) = (1..current).find(|&v| !self.has_step(event_type, v)) {
+                return Err(Error::UnknownSchemaVersion {
+                    event_type: event_type.to_owned(),
+                    found,
+                    current,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a step from (`event_type`, `version`) exists.
     pub fn has_step(&self, event_type: &str, version: u32) -> bool {
         self.steps.contains_key(&(event_type.to_owned(), version))

@@ -195,6 +195,7 @@ fn state_lost_in_snapshots_breaks_the_snapshot_law() {
 #[test]
 fn events_without_upcasters_for_old_versions_break_the_round_trip_law() {
     let violation = Laws::<BankAccount>::new()
+        .upcasters(strata_core::Upcasters::new())
         .legacy_encoding("Deposited", 1, |v2| json!({ "value": v2["amount"] }))
         .run(bank_commands())
         .expect_err("v1 deposits cannot be read without the upcaster");

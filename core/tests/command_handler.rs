@@ -306,15 +306,9 @@ struct Switch {
     on: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, strata_core::Event)]
 enum SwitchEvent {
     Flipped { on: bool },
-}
-
-impl strata_core::Event for SwitchEvent {
-    fn event_type(&self) -> &'static str {
-        "Flipped"
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
@@ -434,8 +428,11 @@ async fn command_errors_say_why() -> Result<(), Box<dyn std::error::Error>> {
         err.to_string(),
         "command refused: insufficient funds: balance 0, requested 5"
     );
-    // A v1 deposit without its upcaster: the message names the missing step.
-    let v1 = deposited_v1(42);
+    // A deposit at a version no upcaster lifts: the message names the missing step.
+    let v1 = NewEvent {
+        schema_version: 0,
+        ..deposited_v1(42)
+    };
     store
         .append(
             &StreamId::new("account-acc")?,
@@ -449,7 +446,7 @@ async fn command_errors_say_why() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "no upcaster lifts event type `Deposited` from schema version 1 (current version is 2)"
+        "no upcaster lifts event type `Deposited` from schema version 0 (current version is 2)"
     );
     Ok(())
 }

@@ -7,19 +7,10 @@ use strata_core::{Error, Event, EventStore, ExpectedVersion, StreamId, Upcasters
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{fresh_database, fresh_database_with, new_event};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
 enum AccountEvent {
     Opened { owner: String },
     Deposited { amount: u64 },
-}
-
-impl Event for AccountEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            AccountEvent::Opened { .. } => "Opened",
-            AccountEvent::Deposited { .. } => "Deposited",
-        }
-    }
 }
 
 #[tokio::test]

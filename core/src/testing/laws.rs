@@ -139,10 +139,11 @@ where
     A::Event: PartialEq,
     A::Command: Clone,
 {
-    /// Laws with no upcasters or invariants, 256 cases of up to 20 commands.
+    /// Laws with the upcasters declared with the event type
+    /// ([`Event::upcasters`]), no invariants, 256 cases of up to 20 commands.
     pub fn new() -> Self {
         Laws {
-            upcasters: Upcasters::new(),
+            upcasters: A::Event::upcasters(),
             legacy: Vec::new(),
             invariants: Vec::new(),
             max_commands: 20,
@@ -151,7 +152,8 @@ where
         }
     }
 
-    /// Decode stored events through these upcasters, as production does.
+    /// Decode stored events through these upcasters (instead of those
+    /// declared with the event type), as a handler given them would.
     pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
         self.upcasters = upcasters;
         self
