@@ -65,6 +65,21 @@ pub struct CommandContext {
 }
 
 impl CommandContext {
+    /// The command id (the caller's, or a fresh one) and the metadata its
+    /// events carry: causation is the command, correlation the caller's or
+    /// the command id.
+    fn into_metadata(self) -> (Uuid, Metadata) {
+        let command_id = self.command_id.unwrap_or_else(Uuid::now_v7);
+        let metadata = Metadata {
+            correlation_id: Some(self.correlation_id.unwrap_or(command_id)),
+            causation_id: Some(command_id),
+            traceparent: self.traceparent,
+            tenant_id: self.tenant_id,
+            headers: self.headers,
+        };
+        (command_id, metadata)
+    }
+
     /// A context with a caller-chosen command id (enables de-duplication).
     pub fn with_id(command_id: Uuid) -> Self {
         CommandContext {
@@ -72,6 +87,19 @@ impl CommandContext {
             ..Self::default()
         }
     }
+}
+
+/// A command decided by [`CommandHandler::decide`], not appended.
+#[derive(Debug, Clone)]
+pub struct Decided<E> {
+    /// The aggregate's stream.
+    pub stream_id: StreamId,
+    /// What to append with: the version the decision was made on.
+    pub expected: ExpectedVersion,
+    /// The events to append, encoded (empty if the command changes nothing).
+    pub events: Vec<NewEvent>,
+    /// The same events, typed.
+    pub decided: Vec<E>,
 }
 
 /// The result of a command that was accepted.
@@ -285,8 +313,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let stream = Self::stream_id(id)?;
         let explicit_id = ctx.command_id.is_some();
-        let command_id = ctx.command_id.unwrap_or_else(Uuid::now_v7);
-        let correlation_id = ctx.correlation_id.unwrap_or(command_id);
+        let (command_id, metadata) = ctx.into_metadata();
+        let correlation_id = metadata.correlation_id.unwrap_or(command_id);
         let span = tracing::info_span!(
             "command",
             aggregate = A::TYPE,
@@ -294,16 +322,38 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             command_id = %command_id,
             correlation_id = %correlation_id,
         );
-        let metadata = Metadata {
-            correlation_id: Some(correlation_id),
-            causation_id: Some(command_id),
-            traceparent: ctx.traceparent,
-            tenant_id: ctx.tenant_id,
-            headers: ctx.headers,
-        };
         self.run(stream, command, command_id, explicit_id, metadata)
             .instrument(span)
             .await
+    }
+
+    /// Decide `command` against aggregate `id` without appending, for a
+    /// caller that appends the events in a unit of work of its own,
+    /// atomically with its own writes (a consumer's inbox row, say).
+    ///
+    /// Append [`Decided::events`] at [`Decided::expected`]; on a conflict,
+    /// decide again. With a command id in `ctx`, the events' ids derive
+    /// from it, so appending the same decision twice is an idempotent
+    /// re-append; no command record is kept (the caller's own writes
+    /// de-duplicate). A refusal is [`CommandError::Domain`].
+    pub async fn decide(
+        &self,
+        id: &str,
+        command: &A::Command,
+        ctx: CommandContext,
+    ) -> Result<Decided<A::Event>, CommandError<A::Error>> {
+        let stream = Self::stream_id(id)?;
+        let explicit_id = ctx.command_id.is_some();
+        let (command_id, metadata) = ctx.into_metadata();
+        let (state, version) = self.load_stream(&stream).await?;
+        let decided = state.decide(command).map_err(CommandError::Domain)?;
+        let events = encode_events::<A::Event>(&decided, command_id, explicit_id, &metadata)?;
+        Ok(Decided {
+            stream_id: stream,
+            expected: ExpectedVersion::Exact(version),
+            events,
+            decided,
+        })
     }
 
     async fn run(
@@ -362,16 +412,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     };
                 }
             };
-            let mut new_events = Vec::with_capacity(events.len());
-            let mut ids = Vec::with_capacity(events.len());
-            for (i, e) in events.iter().enumerate() {
-                let mut new = NewEvent::from_event(e, metadata.clone())?;
-                if explicit_id {
-                    new.event_id = derived_event_id(command_id, i as u64);
-                }
-                ids.push(new.event_id);
-                new_events.push(new);
-            }
+            let new_events = encode_events::<A::Event>(&events, command_id, explicit_id, &metadata)?;
+            let ids: Vec<Uuid> = new_events.iter().map(|e| e.event_id).collect();
             let expected = ExpectedVersion::Exact(version);
             let appended = if explicit_id {
                 self.store
@@ -524,6 +566,27 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             tracing::warn!(error = %e, "snapshot not saved");
         }
     }
+}
+
+/// `events`, encoded with `metadata`; their ids derive from `command_id`
+/// when the caller chose it (`explicit_id`), else they are fresh.
+fn encode_events<E: Event>(
+    events: &[E],
+    command_id: Uuid,
+    explicit_id: bool,
+    metadata: &Metadata,
+) -> Result<Vec<NewEvent>, Error> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut new = NewEvent::from_event(e, metadata.clone())?;
+            if explicit_id {
+                new.event_id = derived_event_id(command_id, i as u64);
+            }
+            Ok(new)
+        })
+        .collect()
 }
 
 /// The id of the `index`-th event produced by command `command_id`: stable

@@ -226,12 +226,14 @@ mod row;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod unit;
 
 pub use horizon::Horizon;
 pub use options::{
     DEFAULT_MAX_CONCURRENT_APPENDS, DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_SIZE, PgEventStoreOptions,
 };
 pub use store::PgEventStore;
+pub use unit::{AppendedUnit, UnitAppend, UnitOfWork};
 
 /// The migrations of the `strata` schema, embedded from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

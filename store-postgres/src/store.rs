@@ -242,7 +242,7 @@ impl PgEventStore {
         Ok(horizon)
     }
 
-    fn check_batch(&self, events: &[NewEvent]) -> Result<()> {
+    pub(crate) fn check_batch(&self, events: &[NewEvent]) -> Result<()> {
         if events.len() > MAX_BATCH_SIZE {
             return Err(Error::BatchTooLarge {
                 size: events.len(),
@@ -252,7 +252,7 @@ impl PgEventStore {
         Ok(())
     }
 
-    async fn stored_with_ids(&self, events: &[NewEvent]) -> Result<Vec<RecordedEvent>> {
+    pub(crate) async fn stored_with_ids(&self, events: &[NewEvent]) -> Result<Vec<RecordedEvent>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM strata.events WHERE event_id = ANY($1)"
@@ -296,9 +296,7 @@ impl PgEventStore {
             };
             match inserted {
                 Ok(Some((result, table))) => {
-                    self.inner.known.record(table, stream, result.stream_version);
-                    self.inner.notifier.appended(&self.inner.pool);
-                    metrics::counter!("strata_store_appended_events_total").increment(events.len() as u64);
+                    self.committed(stream, &result, table);
                     return Ok(result);
                 }
                 Ok(None) => {}
@@ -326,6 +324,18 @@ impl PgEventStore {
             tracing::debug!(stream = %stream, attempt, "append raced with another writer, trying again");
         }
         unreachable!("the append loop returns")
+    }
+
+    /// After an append committed: remember its version, announce it, count it.
+    pub(crate) fn committed(&self, stream: &StreamId, result: &AppendResult, table: i64) {
+        self.inner.known.record(table, stream, result.stream_version);
+        self.inner.notifier.appended(&self.inner.pool);
+        metrics::counter!("strata_store_appended_events_total").increment(result.positions.len() as u64);
+    }
+
+    /// The store's limit on one event's size.
+    pub(crate) fn max_event_size(&self) -> usize {
+        self.inner.max_event_size
     }
 
     /// An append's first try: alone if fewer than
@@ -358,7 +368,7 @@ impl PgEventStore {
     }
 }
 
-fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64) -> Error {
+pub(crate) fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64) -> Error {
     Error::Conflict {
         stream: stream.to_string(),
         expected,
@@ -366,7 +376,7 @@ fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64) -> Error 
     }
 }
 
-async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<u64> {
+pub(crate) async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<u64> {
     let v: i64 = sqlx::query_scalar(VERSION_SQL)
         .bind(stream.as_str())
         .fetch_one(exec)
@@ -392,7 +402,7 @@ impl Batch {
         self.ids.len()
     }
 
-    fn new(events: &[NewEvent], max_event_size: usize) -> Result<Self> {
+    pub(crate) fn new(events: &[NewEvent], max_event_size: usize) -> Result<Self> {
         let mut b = Batch {
             ids: Vec::with_capacity(events.len()),
             types: Vec::with_capacity(events.len()),
@@ -430,7 +440,7 @@ pub(crate) enum InsertError {
 
 /// The expected version as the append statements take it: the exact
 /// version required, if any, and whether the stream must exist.
-fn expectation(expected: ExpectedVersion) -> Result<(Option<i64>, bool)> {
+pub(crate) fn expectation(expected: ExpectedVersion) -> Result<(Option<i64>, bool)> {
     Ok(match expected {
         ExpectedVersion::Any => (None, false),
         ExpectedVersion::NoStream => (Some(0), false),
