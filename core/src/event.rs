@@ -15,19 +15,61 @@ use crate::upcast::Upcasters;
 /// Longest stream id accepted, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 512;
 
-/// The name of an event stream, usually `"{aggregate type}-{aggregate id}"`.
+/// The name of an event stream, usually `"{aggregate type}-{aggregate id}"`,
+/// and its category.
 ///
 /// Any Unicode text is accepted except the empty string, control characters
 /// (NUL cannot be stored by PostgreSQL) and ids over [`MAX_STREAM_ID_LEN`]
 /// bytes.
+///
+/// The category (the aggregate type) is stored with every event, so that
+/// readers of the global log can filter on it exactly
+/// ([`LogFilter`](crate::store::LogFilter)). It is a prefix of the id:
+/// [`for_aggregate`](StreamId::for_aggregate) and
+/// [`in_category`](StreamId::in_category) say where it ends (so `("order",
+/// "line-1")` and `("order-line", "1")` have different categories);
+/// [`new`](StreamId::new) takes the text before the first `-` (or the whole
+/// id). Two ids with the same text and different categories are different
+/// values, but name the same stream in a store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct StreamId(String);
+pub struct StreamId {
+    id: String,
+    #[serde(skip)]
+    category_len: usize,
+}
 
 impl StreamId {
-    /// Validate and wrap a stream id.
+    /// Validate and wrap a stream id; its category is the text before the
+    /// first `-`, or the whole id (when there is no `-`, or it comes first).
     pub fn new(id: impl Into<String>) -> Result<Self> {
         let id = id.into();
+        let category_len = id.find('-').filter(|&at| at > 0).unwrap_or(id.len());
+        Self::checked(id, category_len)
+    }
+
+    /// The stream of one aggregate instance: `"{aggregate_type}-{id}"`, in
+    /// category `aggregate_type`.
+    pub fn for_aggregate(aggregate_type: &str, id: &str) -> Result<Self> {
+        Self::in_category(aggregate_type, &format!("{aggregate_type}-{id}"))
+    }
+
+    /// Stream `id` in `category`, which must be a non-empty prefix of it,
+    /// followed by `-` or the end of the id.
+    pub fn in_category(category: &str, id: &str) -> Result<Self> {
+        let follows = id
+            .strip_prefix(category)
+            .map(|rest| rest.is_empty() || rest.starts_with('-'));
+        if category.is_empty() || follows != Some(true) {
+            return Err(Error::InvalidStreamId {
+                stream: id.to_owned(),
+                reason: "the category must be a non-empty prefix of the stream id, followed by `-`",
+            });
+        }
+        Self::checked(id.to_owned(), category.len())
+    }
+
+    fn checked(id: String, category_len: usize) -> Result<Self> {
         let reason = name_problem(
             &id,
             MAX_STREAM_ID_LEN,
@@ -39,18 +81,18 @@ impl StreamId {
         );
         match reason {
             Some(reason) => Err(Error::InvalidStreamId { stream: id, reason }),
-            None => Ok(StreamId(id)),
+            None => Ok(StreamId { id, category_len }),
         }
-    }
-
-    /// The stream of one aggregate instance: `"{aggregate_type}-{id}"`.
-    pub fn for_aggregate(aggregate_type: &str, id: &str) -> Result<Self> {
-        Self::new(format!("{aggregate_type}-{id}"))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The stream's category (its aggregate type).
+    pub fn category(&self) -> &str {
+        &self.id[..self.category_len]
     }
 }
 
@@ -71,7 +113,7 @@ fn name_problem(name: &str, max: usize, reasons: [&'static str; 3]) -> Option<&'
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 

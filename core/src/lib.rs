@@ -103,7 +103,10 @@ pub use memory::InMemoryEventStore;
 /// Re-exported, so that aggregates, upcasters and command contexts can name
 /// ids and JSON values without their own dependency on these crates.
 pub use serde_json::{self, Value, json};
-pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, Subscription};
+pub use store::{
+    AppendResult, EventStore, ExpectedVersion, FilteredSubscription, LogFilter, LogItem, LogPage, Snapshot,
+    Subscription,
+};
 /// `#[derive(Event)]`: see [`Event`](trait@Event).
 #[cfg(feature = "derive")]
 pub use strata_macros::Event;

@@ -115,6 +115,81 @@ pub struct CommandRecord {
 /// A live, never-ending feed of the global log; see [`EventStore::subscribe`].
 pub type Subscription = BoxStream<'static, Result<RecordedEvent>>;
 
+/// Which events of the global log a reader wants: events of any of
+/// `categories` (stream categories, see [`StreamId::category`]) and of any
+/// of `event_types`; an empty list admits all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFilter {
+    /// Stream categories wanted; empty: all.
+    pub categories: Vec<String>,
+    /// Event types wanted; empty: all.
+    pub event_types: Vec<String>,
+}
+
+impl LogFilter {
+    /// Every event.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Events of streams in these categories.
+    pub fn categories<S: Into<String>>(categories: impl IntoIterator<Item = S>) -> Self {
+        LogFilter {
+            categories: categories.into_iter().map(Into::into).collect(),
+            event_types: Vec::new(),
+        }
+    }
+
+    /// Also require one of these event types.
+    pub fn with_event_types<S: Into<String>>(mut self, event_types: impl IntoIterator<Item = S>) -> Self {
+        self.event_types = event_types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether it admits every event.
+    pub fn is_all(&self) -> bool {
+        self.categories.is_empty() && self.event_types.is_empty()
+    }
+
+    /// Whether `event` is wanted.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        let wanted = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        wanted(&self.categories, event.stream_id.category()) && wanted(&self.event_types, &event.event_type)
+    }
+}
+
+/// A page of a filtered read of the global log
+/// ([`EventStore::read_all_filtered`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    /// The wanted events, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// The log was examined up to this position (inclusive), the events not
+    /// wanted included: a reader moves its checkpoint here, and never reads
+    /// what it skipped again. At least the last event's position; the
+    /// position read after when nothing new was readable.
+    pub scanned_to: u64,
+    /// Whether the read reached the end of what is readable now.
+    pub reached_end: bool,
+}
+
+/// An item of a filtered subscription ([`EventStore::subscribe_filtered`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+// Nearly every item is an event: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum LogItem {
+    /// A wanted event.
+    Event(RecordedEvent),
+    /// Every event up to this position that was not delivered was not
+    /// wanted: a checkpoint may move here.
+    Passed(u64),
+}
+
+/// A live feed of the wanted events of the global log, with progress past
+/// the others; see [`EventStore::subscribe_filtered`].
+pub type FilteredSubscription = BoxStream<'static, Result<LogItem>>;
+
 /// An append-only store of event streams with a global log.
 ///
 /// # Contract
@@ -206,6 +281,50 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`RETRY_MIN`] to [`RETRY_MAX`] while reads keep failing.
     fn subscribe(&self, after_position: u64) -> Subscription;
 
+    /// Up to `max_count` wanted events of the global log above
+    /// `after_position`, in log order, with the position the log was
+    /// examined to ([`LogPage::scanned_to`]): the same guarantees as
+    /// [`read_all`](EventStore::read_all), the unwanted events passed over
+    /// but counted as read. The default filters [`read_all`] pages; a store
+    /// may serve it from indexes.
+    ///
+    /// [`read_all`]: EventStore::read_all
+    fn read_all_filtered(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> impl Future<Output = Result<LogPage>> + Send {
+        async move {
+            let page = self.read_all(after_position, max_count).await?;
+            let reached_end = page.len() < max_count.max(1);
+            let scanned_to = page.last().map_or(after_position, |e| e.global_position);
+            Ok(LogPage {
+                events: page.into_iter().filter(|e| filter.matches(e)).collect(),
+                scanned_to,
+                reached_end,
+            })
+        }
+    }
+
+    /// [`subscribe`](EventStore::subscribe) to the wanted events only, with
+    /// [`LogItem::Passed`] items that let a checkpoint move past the others.
+    /// The default filters the full subscription; a store may read only the
+    /// wanted events.
+    fn subscribe_filtered(&self, after_position: u64, filter: LogFilter) -> FilteredSubscription {
+        self.subscribe(after_position)
+            .map(move |item| {
+                item.map(|e| {
+                    if filter.matches(&e) {
+                        LogItem::Event(e)
+                    } else {
+                        LogItem::Passed(e.global_position)
+                    }
+                })
+            })
+            .boxed()
+    }
+
     /// Append `events` (at least one) as the outcome of command
     /// `command_id`: as [`append`](EventStore::append), and in the same
     /// atomic write, record [`CommandDecision::Appended`] under the id. If
@@ -277,10 +396,38 @@ where
     W: FnMut(u64) -> F + Send + 'static,
     F: Future<Output = Result<()>> + Send + 'static,
 {
+    follow_filtered(store, after_position, batch, LogFilter::all(), wait)
+        .filter_map(|item| async move {
+            match item {
+                Ok(LogItem::Event(e)) => Some(Ok(e)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .boxed()
+}
+
+/// [`follow`], reading only the events `filter` wants
+/// ([`EventStore::read_all_filtered`]), and after each page that passed
+/// over unwanted events, a [`LogItem::Passed`] with the position it was
+/// examined to.
+pub fn follow_filtered<S, W, F>(
+    store: S,
+    after_position: u64,
+    batch: usize,
+    filter: LogFilter,
+    wait: W,
+) -> FilteredSubscription
+where
+    S: EventStore + Clone,
+    W: FnMut(u64) -> F + Send + 'static,
+    F: Future<Output = Result<()>> + Send + 'static,
+{
     struct State<S, W> {
         store: S,
+        filter: LogFilter,
         position: u64,
-        buffer: VecDeque<RecordedEvent>,
+        buffer: VecDeque<LogItem>,
         wait: W,
         caught_up: bool,
         /// Failed reads or waits in a row.
@@ -288,6 +435,7 @@ where
     }
     let state = State {
         store,
+        filter,
         position: after_position,
         buffer: VecDeque::new(),
         wait,
@@ -297,9 +445,12 @@ where
     let batch = batch.max(1);
     stream::unfold(state, move |mut st| async move {
         loop {
-            if let Some(event) = st.buffer.pop_front() {
-                st.position = event.global_position;
-                return Some((Ok(event), st));
+            if let Some(item) = st.buffer.pop_front() {
+                st.position = match &item {
+                    LogItem::Event(e) => e.global_position,
+                    LogItem::Passed(p) => *p,
+                };
+                return Some((Ok(item), st));
             }
             if st.failures > 0 {
                 futures_timer::Delay::new(retry_delay(st.failures)).await;
@@ -310,11 +461,15 @@ where
                     return Some((Err(e), st));
                 }
             }
-            match st.store.read_all(st.position, batch).await {
+            match st.store.read_all_filtered(st.position, batch, &st.filter).await {
                 Ok(page) => {
                     st.failures = 0;
-                    st.caught_up = page.len() < batch;
-                    st.buffer.extend(page);
+                    st.caught_up = page.reached_end;
+                    let last = page.events.last().map_or(st.position, |e| e.global_position);
+                    st.buffer.extend(page.events.into_iter().map(LogItem::Event));
+                    if page.scanned_to > last {
+                        st.buffer.push_back(LogItem::Passed(page.scanned_to));
+                    }
                 }
                 Err(e) => {
                     match &e {

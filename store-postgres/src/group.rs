@@ -57,17 +57,18 @@ const _: () = assert!(GROUP_EVENTS <= MAX_BATCH_SIZE);
 /// the member's place in the arrays, so no row comes back per event.
 const GROUP_SQL: &str = "\
 WITH req AS MATERIALIZED (
-    SELECT r.i, r.stream_id, r.exact, r.must_exist,
+    SELECT r.i, r.stream_id, r.category, r.exact, r.must_exist,
            (SELECT coalesce(max(s.stream_version), 0) FROM strata.events s WHERE s.stream_id = r.stream_id) AS v
-    FROM unnest($1::text[], $2::bigint[], $3::bool[]) WITH ORDINALITY AS r(stream_id, exact, must_exist, i)
+    FROM unnest($1::text[], $2::bigint[], $3::bool[], $11::text[])
+         WITH ORDINALITY AS r(stream_id, exact, must_exist, category, i)
 ), ok AS (
-    SELECT i, stream_id, v FROM req WHERE (exact IS NULL OR v = exact) AND (NOT must_exist OR v > 0)
+    SELECT i, stream_id, category, v FROM req WHERE (exact IS NULL OR v = exact) AND (NOT must_exist OR v > 0)
 ), base AS (
     SELECT pg_current_xact_id()::text::bigint << 20 AS b
 ), ins AS (
     INSERT INTO strata.events
-        (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-    SELECT base.b | e.ord, ok.stream_id, ok.v + e.k, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
+        (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
+    SELECT base.b | e.ord, ok.stream_id, ok.v + e.k, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb, ok.category
     FROM unnest($4::bigint[], $5::bigint[], $6::uuid[], $7::text[], $8::int[], $9::text[], $10::text[])
              WITH ORDINALITY AS e(req, k, id, ty, sv, payload, metadata, ord)
     JOIN ok ON ok.i = e.req
@@ -292,6 +293,7 @@ async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>)
     let mut first_ord = Vec::with_capacity(group.len());
     let mut req = Vec::with_capacity(events);
     let mut k = Vec::with_capacity(events);
+    let mut categories = Vec::with_capacity(group.len());
     let mut ids = Vec::with_capacity(events);
     let mut types = Vec::with_capacity(events);
     let mut schema_versions = Vec::with_capacity(events);
@@ -299,6 +301,7 @@ async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>)
     let mut metadata = Vec::with_capacity(events);
     for (i, m) in group.iter().enumerate() {
         streams.push(m.stream.as_str());
+        categories.push(m.stream.category());
         exact.push(m.exact);
         must_exist.push(m.must_exist);
         first_ord.push(ids.len() as i64 + 1);
@@ -324,6 +327,7 @@ async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>)
         .bind(&schema_versions)
         .bind(&payloads)
         .bind(&metadata)
+        .bind(&categories)
         .fetch_all(pool)
         .await;
     let mut outcomes: Vec<Grouped> = match &rows {

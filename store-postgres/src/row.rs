@@ -16,13 +16,14 @@ use crate::error::out_of_range;
 /// of failing the whole query (as a `jsonb` column the driver would parse
 /// them while fetching). Metadata is parsed straight into [`Metadata`].
 pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, \
-     event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at";
+     event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at, \
+     category";
 
 /// [`EVENT_COLUMNS`] for reading one stream, whose id the reader knows: the
 /// id is neither sent nor decoded again for every row.
 pub(crate) const STREAM_EVENT_COLUMNS: &str = "global_position, NULL::text AS stream_id, \
      stream_version, event_id, event_type, schema_version, payload::text AS payload, \
-     metadata::text AS metadata, recorded_at";
+     metadata::text AS metadata, recorded_at, NULL::text AS category";
 
 #[derive(Debug)]
 pub(crate) struct EventRow {
@@ -37,6 +38,7 @@ pub(crate) struct EventRow {
     payload: serde_json::Result<Value>,
     metadata: serde_json::Result<Metadata>,
     recorded_at: DateTime<Utc>,
+    category: Option<String>,
 }
 
 /// By position (the order of [`EVENT_COLUMNS`]), not by name: a name lookup
@@ -45,16 +47,24 @@ pub(crate) struct EventRow {
 /// a `String` first.
 impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        EventRow::from_row_at(row, 0)
+    }
+}
+
+impl EventRow {
+    /// The event whose [`EVENT_COLUMNS`] start at column `at`.
+    pub(crate) fn from_row_at(row: &PgRow, at: usize) -> Result<Self, sqlx::Error> {
         Ok(EventRow {
-            global_position: row.try_get(0)?,
-            stream_id: row.try_get(1)?,
-            stream_version: row.try_get(2)?,
-            event_id: row.try_get(3)?,
-            event_type: row.try_get(4)?,
-            schema_version: row.try_get(5)?,
-            payload: serde_json::from_str(row.try_get::<&str, _>(6)?),
-            metadata: serde_json::from_str(row.try_get::<&str, _>(7)?),
-            recorded_at: row.try_get(8)?,
+            global_position: row.try_get(at)?,
+            stream_id: row.try_get(at + 1)?,
+            stream_version: row.try_get(at + 2)?,
+            event_id: row.try_get(at + 3)?,
+            event_type: row.try_get(at + 4)?,
+            schema_version: row.try_get(at + 5)?,
+            payload: serde_json::from_str(row.try_get::<&str, _>(at + 6)?),
+            metadata: serde_json::from_str(row.try_get::<&str, _>(at + 7)?),
+            recorded_at: row.try_get(at + 8)?,
+            category: row.try_get(at + 9)?,
         })
     }
 }
@@ -84,7 +94,10 @@ impl EventRow {
     fn decode(self, stream: Option<&StreamId>) -> Result<RecordedEvent> {
         let row = self;
         let stream_id = match (row.stream_id, stream) {
-            (Some(id), _) => StreamId::new(id)?,
+            (Some(id), _) => match row.category {
+                Some(category) => StreamId::in_category(&category, &id)?,
+                None => StreamId::new(id)?,
+            },
             (None, Some(stream)) => stream.clone(),
             (None, None) => return Err(Error::Backend("event row without a stream id".into())),
         };
@@ -229,6 +242,7 @@ mod tests {
             payload: Ok(Value::Null),
             metadata: Ok(Metadata::default()),
             recorded_at: Utc::now(),
+            category: Some("s".into()),
         }
     }
 

@@ -3,10 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
 use sqlx::{PgExecutor, PgPool, Postgres};
-use strata_core::store::{CommandDecision, CommandRecord, follow, idempotent_outcome};
+use strata_core::store::{
+    CommandDecision, CommandRecord, FilteredSubscription, LogFilter, LogPage, follow, follow_filtered,
+    idempotent_outcome,
+};
 use strata_core::{
     AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot, StreamId,
     Subscription,
@@ -41,8 +45,8 @@ WITH cur AS MATERIALIZED (
     SELECT v, base FROM cur WHERE ($7::bigint IS NULL OR v = $7) AND (NOT $8::bool OR v > 0)
 ), ins AS (
 INSERT INTO strata.events
-    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
+SELECT ok.base | e.ord, $1, ok.v + e.ord, e.id, e.ty, e.sv, e.payload::jsonb, e.metadata::jsonb, $9
 FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
          WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)
 )"
@@ -65,14 +69,14 @@ const APPEND_SQL: &str = concat!(
 SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
 );
 
-/// [`APPEND_SQL`] that also records command `$9` as having appended the
+/// [`APPEND_SQL`] that also records command `$10` as having appended the
 /// batch, in the same statement: a command id already recorded fails it
 /// with a unique violation on `commands_pkey`, and stores nothing.
 const APPEND_COMMAND_SQL: &str = concat!(
     append_ctes!(),
     ", cmd AS (
 INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version)
-SELECT $9, $1, 'appended', ok.v + 1, ok.v + cardinality($2::uuid[]) FROM ok
+SELECT $10, $1, 'appended', ok.v + 1, ok.v + cardinality($2::uuid[]) FROM ok
 )
 SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
 );
@@ -84,8 +88,8 @@ WITH cur AS (
     SELECT coalesce(max(stream_version), 0) AS v FROM strata.events WHERE stream_id = $1
 )
 INSERT INTO strata.events
-    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5::jsonb, $6::jsonb
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
+SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5::jsonb, $6::jsonb, $9
 FROM cur
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
 RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint";
@@ -97,8 +101,8 @@ RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::b
 /// row: the table is not the one with OID `$8` any more.
 const APPEND_KNOWN_SQL: &str = "\
 INSERT INTO strata.events
-    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, $7 + 1, $2, $3, $4, $5::jsonb, $6::jsonb
+    (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
+SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, $7 + 1, $2, $3, $4, $5::jsonb, $6::jsonb, $9
 WHERE $8::bigint IS NULL OR 'strata.events'::regclass::oid::bigint = $8
 RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint";
 
@@ -240,6 +244,127 @@ impl PgEventStore {
         metrics::gauge!("strata_store_oldest_transaction_age_seconds")
             .set(horizon.oldest_transaction_age_seconds.unwrap_or(0.0));
         Ok(horizon)
+    }
+
+    /// What a subscription waits on once caught up: a notification, or the
+    /// poll interval, or (when events are expected but held back) a short,
+    /// growing pause.
+    fn waiter(
+        &self,
+        after_position: u64,
+    ) -> impl FnMut(u64) -> BoxFuture<'static, Result<()>> + Send + 'static {
+        let inner = self.inner.clone();
+        // Listen now when possible, so no commit between the first read and
+        // the first wait goes unnoticed; else on the first wait.
+        let rx = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|_| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
+        let seen = rx.as_ref().map(|rx| *rx.borrow()).unwrap_or_default();
+        let state = Arc::new(tokio::sync::Mutex::new(WaitState {
+            rx,
+            seen,
+            last_position: after_position,
+            expecting: true,
+            recheck: MIN_RECHECK,
+        }));
+        move |position: u64| {
+            let inner = inner.clone();
+            let state = state.clone();
+            Box::pin(async move {
+                let mut st = state.lock().await;
+                // Woken (or just caught up) but the read found nothing new:
+                // the events are likely held back by an older transaction,
+                // whose end nobody announces. Look again soon, backing off
+                // to the poll interval, instead of waiting out the interval.
+                let held_back = st.expecting && position == st.last_position;
+                st.recheck = if held_back {
+                    (st.recheck * 2).min(inner.poll_interval)
+                } else {
+                    MIN_RECHECK
+                };
+                let timeout = if held_back {
+                    st.recheck
+                } else {
+                    inner.poll_interval
+                };
+                let rx = st
+                    .rx
+                    .get_or_insert_with(|| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
+                // A wake-up or the timeout, whichever comes first. Only an
+                // announced commit makes events expected: `LISTEN` coming
+                // back after a reconnect announces nothing.
+                let woken = tokio::time::timeout(timeout, rx.changed()).await.is_ok();
+                let wakes = *rx.borrow_and_update();
+                let notified = woken && wakes.commits != st.seen.commits;
+                st.seen = wakes;
+                st.expecting = notified || held_back;
+                st.last_position = position;
+                Ok(())
+            })
+        }
+    }
+
+    /// A filtered page of the log, served by the category and type indexes,
+    /// cut at the horizon like [`read_all`](EventStore::read_all). The
+    /// horizon comes back with the rows, so an empty page still says how
+    /// far the log was examined.
+    async fn read_filtered(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> Result<LogPage> {
+        let mut conditions = String::new();
+        if !filter.categories.is_empty() {
+            conditions.push_str(" AND category = ANY($3)");
+        }
+        if !filter.event_types.is_empty() {
+            conditions.push_str(" AND event_type = ANY($4)");
+        }
+        let sql = format!(
+            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below)
+             SELECT h.below, p.* FROM h LEFT JOIN LATERAL (
+                 SELECT {EVENT_COLUMNS} FROM strata.events
+                 WHERE global_position > $1 AND global_position < h.below{conditions}
+                 ORDER BY global_position LIMIT $2
+             ) p ON true
+             ORDER BY p.global_position"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(to_i64_saturating(after_position))
+            .bind(limit(max_count))
+            .bind(&filter.categories)
+            .bind(&filter.event_types)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
+        let mut below = 0;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            below = sqlx::Row::try_get::<i64, _>(row, 0).map_err(from_sqlx)?;
+            if sqlx::Row::try_get::<Option<i64>, _>(row, 1)
+                .map_err(from_sqlx)?
+                .is_some()
+            {
+                events.push(EventRow::from_row_at(row, 1).map_err(from_sqlx)?);
+            }
+        }
+        let fetched = events.len();
+        let events = to_log_page(events)?;
+        let full = fetched >= max_count.max(1);
+        let cut = events.len() < fetched;
+        let last = events.last().map_or(after_position, |e| e.global_position);
+        let scanned_to = if full || cut {
+            last
+        } else {
+            // Everything wanted below the horizon was returned.
+            u64::try_from(below - 1).unwrap_or(0).max(after_position)
+        };
+        Ok(LogPage {
+            events,
+            scanned_to,
+            reached_end: !full && !cut,
+        })
     }
 
     pub(crate) fn check_batch(&self, events: &[NewEvent]) -> Result<()> {
@@ -465,12 +590,14 @@ pub(crate) async fn insert<'e>(
         one_event(APPEND_ONE_SQL, stream, batch)
             .bind(exact)
             .bind(must_exist)
+            .bind(stream.category())
             .fetch_optional(exec)
             .await
     } else {
         events(APPEND_SQL, stream, batch)
             .bind(exact)
             .bind(must_exist)
+            .bind(stream.category())
             .fetch_optional(exec)
             .await
     }
@@ -539,6 +666,7 @@ async fn insert_command(
     let row: Option<(i64, i64, i64)> = events(APPEND_COMMAND_SQL, stream, batch)
         .bind(exact)
         .bind(must_exist)
+        .bind(stream.category())
         .bind(command_id)
         .fetch_optional(pool)
         .await
@@ -588,6 +716,7 @@ async fn insert_known(
     let row: Option<(i64, i64, i64)> = one_event(APPEND_KNOWN_SQL, stream, batch)
         .bind(after)
         .bind(table)
+        .bind(stream.category())
         .fetch_optional(pool)
         .await
         .map_err(InsertError::Sql)?;
@@ -735,56 +864,39 @@ impl EventStore for PgEventStore {
     }
 
     fn subscribe(&self, after_position: u64) -> Subscription {
-        let inner = self.inner.clone();
-        // Listen now when possible, so no commit between the first read and
-        // the first wait goes unnoticed; else on the first wait.
-        let rx = tokio::runtime::Handle::try_current()
-            .ok()
-            .map(|_| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
-        let seen = rx.as_ref().map(|rx| *rx.borrow()).unwrap_or_default();
-        let state = Arc::new(tokio::sync::Mutex::new(WaitState {
-            rx,
-            seen,
-            last_position: after_position,
-            expecting: true,
-            recheck: MIN_RECHECK,
-        }));
-        let wait = move |position: u64| {
-            let inner = inner.clone();
-            let state = state.clone();
-            async move {
-                let mut st = state.lock().await;
-                // Woken (or just caught up) but the read found nothing new:
-                // the events are likely held back by an older transaction,
-                // whose end nobody announces. Look again soon, backing off
-                // to the poll interval, instead of waiting out the interval.
-                let held_back = st.expecting && position == st.last_position;
-                st.recheck = if held_back {
-                    (st.recheck * 2).min(inner.poll_interval)
-                } else {
-                    MIN_RECHECK
-                };
-                let timeout = if held_back {
-                    st.recheck
-                } else {
-                    inner.poll_interval
-                };
-                let rx = st
-                    .rx
-                    .get_or_insert_with(|| inner.notifier.subscribe(&inner.pool, inner.poll_interval));
-                // A wake-up or the timeout, whichever comes first. Only an
-                // announced commit makes events expected: `LISTEN` coming
-                // back after a reconnect announces nothing.
-                let woken = tokio::time::timeout(timeout, rx.changed()).await.is_ok();
-                let wakes = *rx.borrow_and_update();
-                let notified = woken && wakes.commits != st.seen.commits;
-                st.seen = wakes;
-                st.expecting = notified || held_back;
-                st.last_position = position;
-                Ok(())
-            }
-        };
-        follow(self.clone(), after_position, self.inner.read_batch, wait)
+        follow(
+            self.clone(),
+            after_position,
+            self.inner.read_batch,
+            self.waiter(after_position),
+        )
+    }
+
+    fn subscribe_filtered(&self, after_position: u64, filter: LogFilter) -> FilteredSubscription {
+        follow_filtered(
+            self.clone(),
+            after_position,
+            self.inner.read_batch,
+            filter,
+            self.waiter(after_position),
+        )
+    }
+
+    async fn read_all_filtered(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        filter: &LogFilter,
+    ) -> Result<LogPage> {
+        if filter.is_all() {
+            let events = self.read_all(after_position, max_count).await?;
+            return Ok(LogPage {
+                reached_end: events.len() < max_count.max(1),
+                scanned_to: events.last().map_or(after_position, |e| e.global_position),
+                events,
+            });
+        }
+        self.read_filtered(after_position, max_count, filter).await
     }
 
     async fn append_command(

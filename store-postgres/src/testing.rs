@@ -24,9 +24,9 @@ pub fn database_url() -> Result<String, BoxError> {
     })
 }
 
-/// Create a uniquely named, migrated database on the `DATABASE_URL` server
+/// Create a uniquely named, empty database on the `DATABASE_URL` server
 /// and return its URL and name.
-pub async fn fresh_database_url() -> Result<(String, String), BoxError> {
+pub async fn empty_database_url() -> Result<(String, String), BoxError> {
     let admin_url = database_url()?;
     let name = format!("strata_test_{}", uuid::Uuid::now_v7().simple());
     let mut admin = PgConnection::connect(&admin_url).await?;
@@ -38,6 +38,13 @@ pub async fn fresh_database_url() -> Result<(String, String), BoxError> {
         .database(&name)
         .to_url_lossy()
         .to_string();
+    Ok((url, name))
+}
+
+/// Create a uniquely named, migrated database on the `DATABASE_URL` server
+/// and return its URL and name.
+pub async fn fresh_database_url() -> Result<(String, String), BoxError> {
+    let (url, name) = empty_database_url().await?;
     let store = PgEventStoreOptions::new(url.clone())
         .max_connections(1)
         .connect()
@@ -91,8 +98,9 @@ pub async fn drop_row_check(store: &PgEventStore) -> Result<(), BoxError> {
 }
 
 /// Insert one row into `strata.events` by hand, as another writer would:
-/// version 1 of `stream`, at `position`, with `payload` and `metadata`
-/// given as JSON text. Returns the event id.
+/// version 1 of `stream` (in the category before its first `-`), at
+/// `position`, with `payload` and `metadata` given as JSON text. Returns
+/// the event id.
 pub async fn insert_row(
     store: &PgEventStore,
     position: i64,
@@ -104,8 +112,9 @@ pub async fn insert_row(
     let id = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO strata.events
-             (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-         VALUES ($1, $2, 1, $3, 'Odd', $4, $5::jsonb, $6::jsonb)",
+             (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata,
+              category)
+         VALUES ($1, $2, 1, $3, 'Odd', $4, $5::jsonb, $6::jsonb, split_part($2, '-', 1))",
     )
     .bind(position)
     .bind(stream)

@@ -109,7 +109,7 @@ impl UnitOfWork {
     /// Append `events` to `stream` if its version admits `expected`, as the
     /// unit's first write, with the checks of
     /// [`EventStore::append`](strata_core::EventStore::append). A conflict
-    /// ([`Error::Conflict`], with the actual version), a duplicate id or
+    /// ([`Error::Conflict`](strata_core::Error::Conflict), with the actual version), a duplicate id or
     /// any failure rolls the unit back: begin a new one to try again.
     pub async fn append(
         mut self,

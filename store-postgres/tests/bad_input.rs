@@ -18,8 +18,9 @@ async fn stored_payload_that_no_longer_decodes_is_a_serialization_error() -> Res
     let (store, _db) = fresh_database().await?;
     sqlx::query(
         "INSERT INTO strata.events
-             (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-         VALUES (1, 'account-1', 1, $1, 'Deposited', 1, '{\"amount\": \"lots\"}', '{}')",
+             (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata,
+              category)
+         VALUES (1, 'account-1', 1, $1, 'Deposited', 1, '{\"amount\": \"lots\"}', '{}', 'account')",
     )
     .bind(uuid::Uuid::now_v7())
     .execute(store.pool())
