@@ -1,10 +1,16 @@
 # shellcheck shell=bash
-# Source this file, then call `pg_ephemeral_start`: it starts a throw-away
-# PostgreSQL 15 server (initdb into a temporary directory, a free port on
-# loopback), waits for it with pg_isready, exports DATABASE_URL and stops the
-# server and removes its files when the calling shell exits, on failure too.
+# Source this file, then call `pg_ephemeral_start [VAR]`: it starts a
+# throw-away PostgreSQL 15 server (initdb into a temporary directory, a free
+# port on loopback), waits for it with pg_isready, exports its URL as VAR
+# (default DATABASE_URL) and PG_BINDIR (the server's binaries, pg_dump
+# included), and stops every server it started and removes their files
+# when the calling shell exits, on failure too. Call it again with another
+# VAR for a second server.
+
+PG_EPHEMERAL_DIRS=()
 
 pg_ephemeral_start() {
+  local var=${1:-DATABASE_URL}
   local bindir=${PG_BINDIR:-}
   if [ -z "$bindir" ]; then
     for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir=$d; done
@@ -14,7 +20,9 @@ pg_ephemeral_start() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir=$d; done
   fi
+  local PG_EPHEMERAL_DIR
   PG_EPHEMERAL_DIR=$(mktemp -d -t strata-pg.XXXXXX)
+  PG_EPHEMERAL_DIRS+=("$PG_EPHEMERAL_DIR")
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local run=()
@@ -37,13 +45,17 @@ pg_ephemeral_start() {
   PG_EPHEMERAL_RUN=("${run[@]}")
   trap pg_ephemeral_stop EXIT
   until "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; do sleep 0.2; done
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  echo "pg-ephemeral: PostgreSQL ready at $DATABASE_URL" >&2
+  export "$var=postgres://postgres@127.0.0.1:$port/postgres"
+  export PG_BINDIR=$bindir
+  echo "pg-ephemeral: PostgreSQL ready at ${!var}" >&2
 }
 
 pg_ephemeral_stop() {
-  if [ -n "${PG_EPHEMERAL_DIR:-}" ] && [ -d "$PG_EPHEMERAL_DIR/data" ]; then
-    "${PG_EPHEMERAL_RUN[@]}" "$PG_EPHEMERAL_BINDIR/pg_ctl" -D "$PG_EPHEMERAL_DIR/data" -m immediate -s stop || true
-    rm -rf "$PG_EPHEMERAL_DIR"
-  fi
+  local dir
+  for dir in "${PG_EPHEMERAL_DIRS[@]}"; do
+    if [ -d "$dir/data" ]; then
+      "${PG_EPHEMERAL_RUN[@]}" "$PG_EPHEMERAL_BINDIR/pg_ctl" -D "$dir/data" -m immediate -s stop || true
+    fi
+    rm -rf "$dir"
+  done
 }

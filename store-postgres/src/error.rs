@@ -165,6 +165,22 @@ pub(crate) fn from_migrate(e: sqlx::migrate::MigrateError) -> Error {
     }
 }
 
+/// New positions would fall at or below stored ones: the log was restored
+/// into another cluster (whose transaction ids are lower), and its log base
+/// was not raised. The store refuses to append until `strata migrate` (or
+/// [`PgEventStore::migrate`](crate::PgEventStore::migrate)) raises it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "appending now would give positions below stored ones (stored up to {stored}, next from {next}): the log \
+     was restored from another cluster; run `strata migrate` to raise the log base, then append"
+)]
+pub struct LogBaseBehind {
+    /// The highest stored position.
+    pub stored: i64,
+    /// The lowest position an append could get now.
+    pub next: i64,
+}
+
 /// A database URL whose scheme is not `postgres` or `postgresql`.
 #[derive(Debug, thiserror::Error)]
 #[error("database url must start with postgres:// or postgresql://, got {scheme:?}")]

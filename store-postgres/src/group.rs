@@ -28,7 +28,7 @@
 //! cannot deadlock on them.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use sqlx::PgPool;
 use strata_core::{AppendResult, StreamId};
@@ -55,7 +55,8 @@ const _: () = assert!(GROUP_EVENTS <= MAX_BATCH_SIZE);
 /// member that was appended, its version before the append and the
 /// transaction's position base: positions and the new version follow from
 /// the member's place in the arrays, so no row comes back per event.
-const GROUP_SQL: &str = "\
+static GROUP_SQL: LazyLock<String> = LazyLock::new(|| {
+    crate::store::with_log_base("\
 WITH req AS MATERIALIZED (
     SELECT r.i, r.stream_id, r.category, r.exact, r.must_exist,
            (SELECT coalesce(max(s.stream_version), 0) FROM strata.events s WHERE s.stream_id = r.stream_id) AS v
@@ -75,7 +76,8 @@ WITH req AS MATERIALIZED (
     CROSS JOIN base
     ORDER BY e.ord
 )
-SELECT ok.i, ok.v, base.b, 'strata.events'::regclass::oid::bigint FROM ok CROSS JOIN base";
+SELECT ok.i, ok.v, base.b, 'strata.events'::regclass::oid::bigint FROM ok CROSS JOIN base")
+});
 
 /// What the group statement did with one member.
 #[derive(Debug)]
@@ -316,7 +318,7 @@ async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>)
             metadata.push(b.metadata[n].as_str());
         }
     }
-    let rows: Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> = sqlx::query_as(GROUP_SQL)
+    let rows: Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> = sqlx::query_as(&GROUP_SQL)
         .bind(&streams)
         .bind(&exact)
         .bind(&must_exist)

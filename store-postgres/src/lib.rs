@@ -140,6 +140,17 @@
 //! 8, a reader that already moved to 8 never sees 7.) Nothing here waits
 //! for time to pass, so a slow transaction delays events, never drops them.
 //!
+//! **After a restore into another cluster.** Transaction ids belong to a
+//! cluster; a log restored with `pg_dump`/`pg_restore` into another holds
+//! positions made from higher ids than the new cluster hands out. So every
+//! id that positions and the horizon are made from is raised by a stored
+//! offset, `strata.log_base` (migration 0005), and
+//! [`PgEventStore::migrate`] raises it above every stored position, under
+//! a lock that keeps appends out meanwhile. Until then the store refuses to
+//! append ([`error::LogBaseBehind`], as
+//! [`Error::Configuration`](strata_core::Error::Configuration)), and
+//! readers see nothing past the restored horizon: nobody skips.
+//!
 //! **Why a stream's events are in version order in the global log.** An
 //! append runs in a transaction of its own (or of its group, which holds
 //! no other append to that stream), and the append statement is the

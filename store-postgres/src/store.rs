@@ -1,6 +1,6 @@
 //! [`PgEventStore`]: the [`EventStore`] on PostgreSQL.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -31,6 +31,20 @@ use crate::row::{
 /// How many times an append that admits its expected version is tried
 /// again after a concurrent writer took the version it computed.
 const MAX_APPEND_ATTEMPTS: usize = 1000;
+
+/// `sql` with every transaction id that positions or the horizon are made
+/// from raised by the log base (`strata.log_base`, see migration 0005): a
+/// log restored into another cluster keeps growing from where it was.
+pub(crate) fn with_log_base(sql: &str) -> String {
+    sql.replace(
+        "pg_current_xact_id()::text::bigint",
+        "(pg_current_xact_id()::text::bigint + (SELECT xid_offset FROM strata.log_base))",
+    )
+    .replace(
+        "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint + (SELECT xid_offset FROM strata.log_base))",
+    )
+}
 
 /// The common expressions of [`APPEND_SQL`] and [`APPEND_COMMAND_SQL`]:
 /// read the stream's version (`cur`), check it (`ok`), insert the batch
@@ -63,27 +77,32 @@ FROM ok, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
 /// back per event: the statement is its transaction's only write, so the
 /// batch's positions are `base | 1 ..= base | n`, and the versions follow
 /// `v`. The position base is computed once, not per row.
-const APPEND_SQL: &str = concat!(
-    append_ctes!(),
-    "
+static APPEND_SQL: LazyLock<String> = LazyLock::new(|| {
+    with_log_base(concat!(
+        append_ctes!(),
+        "
 SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
-);
+    ))
+});
 
 /// [`APPEND_SQL`] that also records command `$10` as having appended the
 /// batch, in the same statement: a command id already recorded fails it
 /// with a unique violation on `commands_pkey`, and stores nothing.
-const APPEND_COMMAND_SQL: &str = concat!(
-    append_ctes!(),
-    ", cmd AS (
+static APPEND_COMMAND_SQL: LazyLock<String> = LazyLock::new(|| {
+    with_log_base(concat!(
+        append_ctes!(),
+        ", cmd AS (
 INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version)
 SELECT $10, $1, 'appended', ok.v + 1, ok.v + cardinality($2::uuid[]) FROM ok
 )
 SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
-);
+    ))
+});
 
 /// [`APPEND_SQL`] for a single event, with scalar parameters: unpacking
 /// arrays costs a single-event append about a fifth of its throughput.
-const APPEND_ONE_SQL: &str = "\
+static APPEND_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+    with_log_base("\
 WITH cur AS (
     SELECT coalesce(max(stream_version), 0) AS v FROM strata.events WHERE stream_id = $1
 )
@@ -92,19 +111,22 @@ INSERT INTO strata.events
 SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, cur.v + 1, $2, $3, $4, $5::jsonb, $6::jsonb, $9
 FROM cur
 WHERE ($7::bigint IS NULL OR cur.v = $7) AND (NOT $8::bool OR cur.v > 0)
-RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint";
+RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint")
+});
 
 /// A single-event append after version `$7`, where the store knows that
 /// version is committed in the table with OID `$8` (see [`crate::known`]),
 /// or `$7` is 0: no need to read the stream's version. The unique
 /// `(stream_id, stream_version)` index still refuses a taken version. No
 /// row: the table is not the one with OID `$8` any more.
-const APPEND_KNOWN_SQL: &str = "\
+static APPEND_KNOWN_SQL: LazyLock<String> = LazyLock::new(|| {
+    with_log_base("\
 INSERT INTO strata.events
     (global_position, stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
 SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $1, $7 + 1, $2, $3, $4, $5::jsonb, $6::jsonb, $9
 WHERE $8::bigint IS NULL OR 'strata.events'::regclass::oid::bigint = $8
-RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint";
+RETURNING global_position, stream_version - 1, 'strata.events'::regclass::oid::bigint")
+});
 
 /// First delay before a subscription looks again for events it was told of
 /// but could not read yet (see [`WaitState`]).
@@ -136,6 +158,8 @@ struct Inner {
     notifier: Notifier,
     grouper: Arc<Grouper>,
     known: Arc<KnownVersions>,
+    /// Whether new positions are known to lie above every stored one.
+    log_base_ok: std::sync::atomic::AtomicBool,
 }
 
 /// An [`EventStore`] on PostgreSQL. Cloning is cheap and shares the pool.
@@ -173,6 +197,7 @@ impl PgEventStore {
                 )),
                 known,
                 pool,
+                log_base_ok: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -185,7 +210,49 @@ impl PgEventStore {
     /// Apply the pending [`MIGRATOR`](crate::MIGRATOR) migrations (creates
     /// the `strata` schema). Safe to run concurrently and repeatedly.
     pub async fn migrate(&self) -> Result<()> {
-        crate::MIGRATOR.run(&self.inner.pool).await.map_err(from_migrate)
+        crate::MIGRATOR
+            .run(&self.inner.pool)
+            .await
+            .map_err(from_migrate)?;
+        // After a restore into another cluster, positions must go on from
+        // the restored ones (migration 0005).
+        sqlx::query("SELECT strata.raise_log_base()")
+            .execute(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
+        self.inner
+            .log_base_ok
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Before the first append: refuse to append while new positions would
+    /// fall below stored ones (a log restored into another cluster whose
+    /// log base `strata migrate` has not raised yet). Checked once: in one
+    /// cluster, transaction ids only grow.
+    pub(crate) async fn ensure_log_base(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.inner.log_base_ok.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
+            with_log_base(
+                "SELECT (SELECT coalesce(max(global_position), 0) FROM strata.events),
+                        pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
+            )
+        });
+        let (top, next): (i64, i64) = sqlx::query_as(&CHECK_SQL)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
+        if next <= top {
+            return Err(Error::Configuration(Box::new(crate::error::LogBaseBehind {
+                stored: top,
+                next,
+            })));
+        }
+        self.inner.log_base_ok.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The readable horizon of the global log and what holds it back; also
@@ -205,8 +272,9 @@ impl PgEventStore {
         );
         // The horizon is the oldest transaction id still running: a
         // backend's, or a prepared transaction's (which no backend shows).
-        let (below, held, age, pid, gid, database, user, state): Row = sqlx::query_as(
-            "WITH h AS (
+        static HORIZON_SQL: LazyLock<String> = LazyLock::new(|| {
+            with_log_base(
+                "WITH h AS (
                  SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below
              ), holders AS (
                  SELECT backend_xid AS xid, pid, NULL::text AS gid,
@@ -225,10 +293,12 @@ impl PgEventStore {
                     (SELECT count(*) FROM strata.events WHERE global_position >= h.below),
                     o.age, o.pid, o.gid, o.database, o.owner, o.state
              FROM h LEFT JOIN o ON true",
-        )
-        .fetch_one(&self.inner.pool)
-        .await
-        .map_err(from_sqlx)?;
+            )
+        });
+        let (below, held, age, pid, gid, database, user, state): Row = sqlx::query_as(&HORIZON_SQL)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
         let horizon = Horizon {
             readable_below: to_u64("horizon", below)?,
             held_back_events: to_u64("held back events", held)?,
@@ -321,7 +391,7 @@ impl PgEventStore {
         if !filter.event_types.is_empty() {
             conditions.push_str(" AND event_type = ANY($4)");
         }
-        let sql = format!(
+        let sql = with_log_base(&format!(
             "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below)
              SELECT h.below, p.* FROM h LEFT JOIN LATERAL (
                  SELECT {EVENT_COLUMNS} FROM strata.events
@@ -329,7 +399,7 @@ impl PgEventStore {
                  ORDER BY global_position LIMIT $2
              ) p ON true
              ORDER BY p.global_position"
-        );
+        ));
         let rows = sqlx::query(&sql)
             .bind(to_i64_saturating(after_position))
             .bind(limit(max_count))
@@ -400,6 +470,7 @@ impl PgEventStore {
         self.check_batch(&events)?;
         let batch = Arc::new(Batch::new(&events, self.inner.max_event_size)?);
         NewEvent::check_unique_ids(&events)?;
+        self.ensure_log_base().await?;
         if events.is_empty() {
             let actual = version_of(&self.inner.pool, stream).await?;
             return if expected.admits(actual) {
@@ -587,14 +658,14 @@ pub(crate) async fn insert<'e>(
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
     // (first position, version before, table); none: the expectation failed.
     let row: Option<(i64, i64, i64)> = if batch.len() == 1 {
-        one_event(APPEND_ONE_SQL, stream, batch)
+        one_event(&APPEND_ONE_SQL, stream, batch)
             .bind(exact)
             .bind(must_exist)
             .bind(stream.category())
             .fetch_optional(exec)
             .await
     } else {
-        events(APPEND_SQL, stream, batch)
+        events(&APPEND_SQL, stream, batch)
             .bind(exact)
             .bind(must_exist)
             .bind(stream.category())
@@ -663,7 +734,7 @@ async fn insert_command(
     batch: &Batch,
     command_id: Uuid,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    let row: Option<(i64, i64, i64)> = events(APPEND_COMMAND_SQL, stream, batch)
+    let row: Option<(i64, i64, i64)> = events(&APPEND_COMMAND_SQL, stream, batch)
         .bind(exact)
         .bind(must_exist)
         .bind(stream.category())
@@ -713,7 +784,7 @@ async fn insert_known(
     table: Option<i64>,
     batch: &Batch,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    let row: Option<(i64, i64, i64)> = one_event(APPEND_KNOWN_SQL, stream, batch)
+    let row: Option<(i64, i64, i64)> = one_event(&APPEND_KNOWN_SQL, stream, batch)
         .bind(after)
         .bind(table)
         .bind(stream.category())
@@ -800,20 +871,23 @@ impl EventStore for PgEventStore {
         // `max_count` rows; the horizon then cuts a prefix of them. (With the
         // horizon in the same WHERE clause the planner cannot estimate the
         // range, and scans and sorts every row after the checkpoint.)
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT * FROM (
-                 SELECT {EVENT_COLUMNS} FROM strata.events
-                 WHERE global_position > $1
-                 ORDER BY global_position LIMIT $2
-             ) page
-             WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
-             ORDER BY global_position"
-        ))
-        .bind(to_i64_saturating(after_position))
-        .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(from_sqlx)?;
+        static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
+            with_log_base(&format!(
+                "SELECT * FROM (
+                     SELECT {EVENT_COLUMNS} FROM strata.events
+                     WHERE global_position > $1
+                     ORDER BY global_position LIMIT $2
+                 ) page
+                 WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+                 ORDER BY global_position"
+            ))
+        });
+        let rows: Vec<EventRow> = sqlx::query_as(&READ_ALL_SQL)
+            .bind(to_i64_saturating(after_position))
+            .bind(limit(max_count))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
         to_log_page(rows)
     }
 

@@ -120,6 +120,7 @@ impl UnitOfWork {
         self.store.check_batch(&events)?;
         let batch = Batch::new(&events, self.store.max_event_size())?;
         NewEvent::check_unique_ids(&events)?;
+        self.store.ensure_log_base().await?;
         let (exact, must_exist) = expectation(expected)?;
         if events.is_empty() {
             let actual = version_of(&mut *self.tx, stream).await?;
