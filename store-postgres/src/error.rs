@@ -141,6 +141,20 @@ pub fn is_configuration_error(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether `e` is the failure of a pooled connection whose Tokio runtime
+/// has ended (its socket belonged to that runtime's I/O driver).
+pub(crate) fn is_from_ended_runtime(e: &Error) -> bool {
+    let Error::Connection(boxed) = e else { return false };
+    boxed
+        .downcast_ref::<DatabaseError>()
+        .is_some_and(|db| sqlx_from_ended_runtime(db.sqlx_error()))
+}
+
+/// [`is_from_ended_runtime`] for the driver's error.
+pub(crate) fn sqlx_from_ended_runtime(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.to_string().contains("is being shutdown"))
+}
+
 /// Wrap a sqlx error as [`Error::Configuration`], [`Error::Connection`] or
 /// [`Error::Backend`].
 pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {

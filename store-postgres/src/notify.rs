@@ -115,13 +115,20 @@ impl Drop for Alive {
 async fn publish(pool: PgPool, appended: Arc<Notify>, _alive: Alive) {
     loop {
         appended.notified().await;
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&pool)
-            .await
-        {
-            // Subscribers poll too: a lost notification only delays them.
-            tracing::debug!(error = %e, "cannot send the strata_events notification");
+        // A pooled connection left by an ended runtime fails once and is
+        // dropped: try the next one.
+        for _ in 0..=pool.size() {
+            match sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&pool)
+                .await
+            {
+                Err(e) if crate::error::sqlx_from_ended_runtime(&e) => continue,
+                // Subscribers poll too: a lost notification only delays them.
+                Err(e) => tracing::debug!(error = %e, "cannot send the strata_events notification"),
+                Ok(_) => {}
+            }
+            break;
         }
         if Arc::strong_count(&appended) == 1 {
             return;

@@ -32,6 +32,26 @@ use crate::row::{
 /// again after a concurrent writer took the version it computed.
 const MAX_APPEND_ATTEMPTS: usize = 1000;
 
+/// Await `$op`, again while it fails on a pooled connection that a Tokio
+/// runtime which has ended left behind (a store used from one
+/// `#[tokio::test]` after another): such a connection fails its first I/O,
+/// and the pool then drops it. At most as many tries as the pool holds
+/// connections, plus one.
+macro_rules! on_live_connection {
+    ($self:ident . $($op:tt)+) => {{
+        let mut tries = 0;
+        loop {
+            match $self.$($op)+.await {
+                Err(e) if crate::error::is_from_ended_runtime(&e) && tries <= $self.pool().size() => {
+                    tries += 1;
+                    tracing::debug!(tries, "connection of an ended runtime dropped, trying again");
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+
 /// `sql` with every transaction id that positions or the horizon are made
 /// from raised by the log base (`strata.log_base`, see migration 0005): a
 /// log restored into another cluster keeps growing from where it was.
@@ -437,6 +457,53 @@ impl PgEventStore {
         })
     }
 
+    async fn read_stream_once(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {STREAM_EVENT_COLUMNS} FROM strata.events
+             WHERE stream_id = $1 AND stream_version >= $2
+             ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream.as_str())
+        .bind(to_i64_saturating(from_version))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        to_stream_events(rows, stream)
+    }
+
+    async fn read_all_once(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+        // Only below the horizon: every transaction with a smaller id has
+        // ended, so nothing can still appear there (see the crate docs).
+        // The inner query is a plain ordered index scan that stops after
+        // `max_count` rows; the horizon then cuts a prefix of them. (With the
+        // horizon in the same WHERE clause the planner cannot estimate the
+        // range, and scans and sorts every row after the checkpoint.)
+        static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
+            with_log_base(&format!(
+                "SELECT * FROM (
+                     SELECT {EVENT_COLUMNS} FROM strata.events
+                     WHERE global_position > $1
+                     ORDER BY global_position LIMIT $2
+                 ) page
+                 WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+                 ORDER BY global_position"
+            ))
+        });
+        let rows: Vec<EventRow> = sqlx::query_as(&READ_ALL_SQL)
+            .bind(to_i64_saturating(after_position))
+            .bind(limit(max_count))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
+        to_log_page(rows)
+    }
+
     pub(crate) fn check_batch(&self, events: &[NewEvent]) -> Result<()> {
         if events.len() > MAX_BATCH_SIZE {
             return Err(Error::BatchTooLarge {
@@ -464,12 +531,12 @@ impl PgEventStore {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
         command: Option<Uuid>,
     ) -> Result<AppendResult> {
-        self.check_batch(&events)?;
-        let batch = Arc::new(Batch::new(&events, self.inner.max_event_size)?);
-        NewEvent::check_unique_ids(&events)?;
+        self.check_batch(events)?;
+        let batch = Arc::new(Batch::new(events, self.inner.max_event_size)?);
+        NewEvent::check_unique_ids(events)?;
         self.ensure_log_base().await?;
         if events.is_empty() {
             let actual = version_of(&self.inner.pool, stream).await?;
@@ -508,8 +575,12 @@ impl PgEventStore {
             }
             // Rejected: an idempotent re-append, a duplicate id, a real
             // conflict, or a concurrent writer that took our version.
-            let stored = self.stored_with_ids(&events).await?;
-            if let Some(outcome) = idempotent_outcome(stream, &events, &stored)? {
+            let stored = self.stored_with_ids(events).await?;
+            if let Some(outcome) = idempotent_outcome(stream, events, &stored)? {
+                // Stored already, perhaps by an earlier try of this very
+                // append whose answer was lost (a dropped connection): it
+                // may not have been announced yet. A spare wake-up is cheap.
+                self.inner.notifier.appended(&self.inner.pool);
                 return Ok(outcome);
             }
             let actual = version_of(&self.inner.pool, stream).await?;
@@ -837,7 +908,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        self.append_now(stream, expected, events, None).await
+        on_live_connection!(self.append_now(stream, expected, &events, None))
     }
 
     async fn read_stream(
@@ -846,18 +917,7 @@ impl EventStore for PgEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {STREAM_EVENT_COLUMNS} FROM strata.events
-             WHERE stream_id = $1 AND stream_version >= $2
-             ORDER BY stream_version LIMIT $3"
-        ))
-        .bind(stream.as_str())
-        .bind(to_i64_saturating(from_version))
-        .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(from_sqlx)?;
-        to_stream_events(rows, stream)
+        on_live_connection!(self.read_stream_once(stream, from_version, max_count))
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
@@ -865,30 +925,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_all(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
-        // Only below the horizon: every transaction with a smaller id has
-        // ended, so nothing can still appear there (see the crate docs).
-        // The inner query is a plain ordered index scan that stops after
-        // `max_count` rows; the horizon then cuts a prefix of them. (With the
-        // horizon in the same WHERE clause the planner cannot estimate the
-        // range, and scans and sorts every row after the checkpoint.)
-        static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
-            with_log_base(&format!(
-                "SELECT * FROM (
-                     SELECT {EVENT_COLUMNS} FROM strata.events
-                     WHERE global_position > $1
-                     ORDER BY global_position LIMIT $2
-                 ) page
-                 WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
-                 ORDER BY global_position"
-            ))
-        });
-        let rows: Vec<EventRow> = sqlx::query_as(&READ_ALL_SQL)
-            .bind(to_i64_saturating(after_position))
-            .bind(limit(max_count))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
-        to_log_page(rows)
+        on_live_connection!(self.read_all_once(after_position, max_count))
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
@@ -980,7 +1017,7 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
         command_id: Uuid,
     ) -> Result<AppendResult> {
-        self.append_now(stream, expected, events, Some(command_id)).await
+        on_live_connection!(self.append_now(stream, expected, &events, Some(command_id)))
     }
 
     async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
