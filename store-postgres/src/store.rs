@@ -64,6 +64,10 @@ pub(crate) fn with_log_base(sql: &str) -> String {
         "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
         "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint + (SELECT xid_offset FROM strata.log_base))",
     )
+    .replace(
+        "pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+        "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint + (SELECT xid_offset FROM strata.log_base))",
+    )
 }
 
 /// The common expressions of [`APPEND_SQL`] and [`APPEND_COMMAND_SQL`]:
@@ -248,7 +252,9 @@ impl PgEventStore {
 
     /// Before the first append: refuse to append while new positions would
     /// fall below stored ones (a log restored into another cluster whose
-    /// log base `strata migrate` has not raised yet). Checked once: in one
+    /// log base `strata migrate` has not raised yet). It compares with the
+    /// next transaction id to be assigned (`pg_snapshot_xmax`), which every
+    /// running or committed writer's id is below. Checked once: in one
     /// cluster, transaction ids only grow.
     pub(crate) async fn ensure_log_base(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
@@ -258,7 +264,7 @@ impl PgEventStore {
         static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
             with_log_base(
                 "SELECT (SELECT coalesce(max(global_position), 0) FROM strata.events),
-                        pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
+                        pg_snapshot_xmax(pg_current_snapshot())::text::bigint << 20",
             )
         });
         let (top, next): (i64, i64) = sqlx::query_as(&CHECK_SQL)
