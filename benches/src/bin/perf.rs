@@ -191,12 +191,12 @@ ALTER TABLE raw.events ALTER COLUMN global_position ADD GENERATED ALWAYS AS IDEN
 CREATE TABLE raw.snapshots (LIKE strata.snapshots INCLUDING ALL);";
 
 const RAW_INSERT: &str = "INSERT INTO raw.events
-    (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, split_part($1, '-', 1))";
 
 const RAW_INSERT_BATCH: &str = "INSERT INTO raw.events
-    (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
-    SELECT $1, $2 + e.ord, e.id, e.ty, e.sv, e.payload, e.metadata
+    (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, category)
+    SELECT $1, $2 + e.ord, e.id, e.ty, e.sv, e.payload, e.metadata, split_part($1, '-', 1)
     FROM unnest($3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
         WITH ORDINALITY AS e(id, ty, sv, payload, metadata, ord)";
 
