@@ -37,9 +37,12 @@ pg_ephemeral_start() {
   local hba="$PG_EPHEMERAL_DIR/data/pg_hba.conf"
   { echo "host all strata_password_check 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$hba.new"
   "${run[@]}" cp "$hba.new" "$hba" && rm -f "$hba.new"
-  # Tests create many databases and run many concurrent writers.
+  # Tests create many databases and run many concurrent writers. Commits
+  # are not durable unless PG_EPHEMERAL_DURABLE=1 (the server's defaults).
+  local fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ "${PG_EPHEMERAL_DURABLE:-0}" = 1 ] && fast=""
   "${run[@]}" "$bindir/pg_ctl" -D "$PG_EPHEMERAL_DIR/data" -l "$PG_EPHEMERAL_DIR/server.log" -w -s \
-    -o "-p $port -k $PG_EPHEMERAL_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c max_prepared_transactions=20 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" \
+    -o "-p $port -k $PG_EPHEMERAL_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c max_prepared_transactions=20 $fast -c shared_buffers=256MB" \
     start || { cat "$PG_EPHEMERAL_DIR/server.log" >&2; return 1; }
   PG_EPHEMERAL_BINDIR=$bindir
   PG_EPHEMERAL_RUN=("${run[@]}")

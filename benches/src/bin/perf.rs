@@ -34,6 +34,10 @@ type Res<T> = Result<T, BoxError>;
 
 const ROUNDS: usize = 5;
 
+/// Whether the server commits durably (`fsync` and `synchronous_commit`
+/// on), read from the server at start; printed with every figure.
+static DURABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 fn new_event(n: u64) -> NewEvent {
     NewEvent::from_event(&added(n), Metadata::default()).expect("encodable event")
 }
@@ -120,6 +124,7 @@ fn report(name: &str, unit: &str, rounds: &Rounds, extra: Value) {
     let mut line = json!({
         "name": name,
         "unit": unit,
+        "durable": DURABLE.get().copied().unwrap_or(false),
         "framework": round(framework.rate()),
         "raw": round(raw.rate()),
         "ratio": round3(ratios[ratios.len() / 2]),
@@ -216,7 +221,12 @@ type RawRow = (
     chrono::DateTime<chrono::Utc>,
 );
 
-async fn raw_insert(pool: &PgPool, stream: &str, version: i64, e: &NewEvent) -> Res<()> {
+async fn raw_insert<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    stream: &str,
+    version: i64,
+    e: &NewEvent,
+) -> Res<()> {
     sqlx::query(RAW_INSERT)
         .bind(stream)
         .bind(version)
@@ -225,7 +235,7 @@ async fn raw_insert(pool: &PgPool, stream: &str, version: i64, e: &NewEvent) -> 
         .bind(e.schema_version as i32)
         .bind(&e.payload)
         .bind(serde_json::to_value(&e.metadata)?)
-        .execute(pool)
+        .execute(exec)
         .await?;
     Ok(())
 }
@@ -504,6 +514,135 @@ impl Bench {
     }
 
     /// Reading the whole global log from position 0 in pages of 1000.
+    /// Units of work of one writer: one event and one side-table row, one
+    /// commit; raw: the same two inserts in one transaction.
+    async fn unit_of_work_appends(&self, units: usize) -> Res<Rounds> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS side (id uuid PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        let mut rounds = Rounds::default();
+        for _ in 0..ROUNDS {
+            let tag = Uuid::now_v7();
+            let raw = async {
+                let start = Instant::now();
+                let mut latencies = Vec::with_capacity(units);
+                let stream = format!("raw-{tag}");
+                for i in 0..units {
+                    let began = Instant::now();
+                    let mut tx = self.pool.begin().await?;
+                    raw_insert(&mut *tx, &stream, i as i64 + 1, &new_event(1)).await?;
+                    sqlx::query("INSERT INTO side VALUES ($1)")
+                        .bind(Uuid::now_v7())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    latencies.push(began.elapsed());
+                }
+                Ok(Sample {
+                    ops: units as u64,
+                    elapsed: start.elapsed(),
+                    latencies,
+                })
+            };
+            let fw = async {
+                let start = Instant::now();
+                let mut latencies = Vec::with_capacity(units);
+                let stream = self.sid(format!("fw-{tag}"));
+                for i in 0..units {
+                    let began = Instant::now();
+                    let unit = self
+                        .store
+                        .begin()
+                        .await?
+                        .append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)])
+                        .await?;
+                    let strata_store_postgres::UnitAppend::Appended(mut unit) = unit else {
+                        return Err("the batch was stored already".into());
+                    };
+                    sqlx::query("INSERT INTO side VALUES ($1)")
+                        .bind(Uuid::now_v7())
+                        .execute(unit.connection())
+                        .await?;
+                    unit.commit().await?;
+                    latencies.push(began.elapsed());
+                }
+                Ok(Sample {
+                    ops: units as u64,
+                    elapsed: start.elapsed(),
+                    latencies,
+                })
+            };
+            rounds.run(raw, fw).await?;
+        }
+        Ok(rounds)
+    }
+
+    /// Read every event of one category out of ten, `events` in all; raw:
+    /// the same rows by an indexed query on the category.
+    async fn read_category(&self, events: usize) -> Res<Rounds> {
+        let tag = Uuid::now_v7().simple().to_string();
+        let per_stream = 100;
+        for s in 0..events / per_stream {
+            let category = format!("c{}x{tag}", s % 10);
+            let fw_stream = StreamId::for_aggregate(&category, &s.to_string())?;
+            let batch: Vec<NewEvent> = (0..per_stream).map(|_| new_event(1)).collect();
+            self.store
+                .append(&fw_stream, ExpectedVersion::NoStream, batch.clone())
+                .await?;
+            raw_insert_batch(&self.pool, &format!("{category}-{s}"), 0, &batch).await?;
+        }
+        let wanted = format!("c0x{tag}");
+        let mut rounds = Rounds::default();
+        for _ in 0..ROUNDS {
+            let raw = async {
+                let start = Instant::now();
+                let mut after = 0i64;
+                let mut n = 0u64;
+                loop {
+                    let rows: Vec<RawRow> = sqlx::query_as(
+                        "SELECT global_position, stream_version, event_id, event_type, schema_version,
+                            payload, metadata, recorded_at FROM raw.events
+                         WHERE category = $1 AND global_position > $2
+                         ORDER BY global_position LIMIT 1000",
+                    )
+                    .bind(&wanted)
+                    .bind(after)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.0;
+                    n += rows.len() as u64;
+                }
+                Ok(Sample {
+                    ops: n,
+                    elapsed: start.elapsed(),
+                    latencies: Vec::new(),
+                })
+            };
+            let fw = async {
+                let start = Instant::now();
+                let filter = strata_core::LogFilter::categories([wanted.as_str()]);
+                let mut after = 0u64;
+                let mut n = 0u64;
+                loop {
+                    let page = self.store.read_all_filtered(after, 1000, &filter).await?;
+                    n += page.events.len() as u64;
+                    after = page.scanned_to;
+                    if page.reached_end {
+                        break;
+                    }
+                }
+                Ok(Sample {
+                    ops: n,
+                    elapsed: start.elapsed(),
+                    latencies: Vec::new(),
+                })
+            };
+            rounds.run(raw, fw).await?;
+        }
+        Ok(rounds)
+    }
+
     async fn read_log(&self) -> Res<Rounds> {
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
@@ -580,6 +719,11 @@ async fn main() -> Res<()> {
     store.migrate().await?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
     pool.execute(RAW_SCHEMA).await?;
+    let (fsync, sync_commit): (String, String) =
+        sqlx::query_as("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
+            .fetch_one(&pool)
+            .await?;
+    let _ = DURABLE.set(fsync == "on" && sync_commit == "on");
     let bench = Bench { store, pool };
 
     if wanted("append_single_1_writer") {
@@ -620,6 +764,16 @@ async fn main() -> Res<()> {
         let rounds = bench.snapshot_length_independence(400 / scale).await?;
         let extra = json!({ "baseline": "the framework loading a snapshotted 1k-event stream" });
         report("load_with_snapshot_10k_vs_1k", "loads/s", &rounds, extra);
+    }
+    if wanted("append_unit_of_work_1_writer") {
+        let rounds = bench.unit_of_work_appends(1500 / scale).await?;
+        let extra = json!({ "baseline": "the same statements in a caller's transaction" });
+        report("append_unit_of_work_1_writer", "units/s", &rounds, extra);
+    }
+    if wanted("read_category_1_of_10") {
+        let rounds = bench.read_category(20_000 / scale).await?;
+        let extra = json!({ "baseline": "an indexed query on the category" });
+        report("read_category_1_of_10", "events/s", &rounds, extra);
     }
     if wanted("read_global_log_from_0") {
         // The log the figures above left behind, topped up when they were skipped.
