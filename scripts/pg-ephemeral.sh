@@ -40,7 +40,7 @@ pg_ephemeral_start() {
   # Tests create many databases and run many concurrent writers. Commits
   # are not durable unless PG_EPHEMERAL_DURABLE=1 (the server's defaults).
   local fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-  [ "${PG_EPHEMERAL_DURABLE:-0}" = 1 ] && fast=""
+  if [ "${PG_EPHEMERAL_DURABLE:-0}" = 1 ]; then fast=""; fi
   "${run[@]}" "$bindir/pg_ctl" -D "$PG_EPHEMERAL_DIR/data" -l "$PG_EPHEMERAL_DIR/server.log" -w -s \
     -o "-p $port -k $PG_EPHEMERAL_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c max_prepared_transactions=20 $fast -c shared_buffers=256MB" \
     start || { cat "$PG_EPHEMERAL_DIR/server.log" >&2; return 1; }
