@@ -110,7 +110,11 @@ impl UnitOfWork {
     /// unit's first write, with the checks of
     /// [`EventStore::append`](strata_core::EventStore::append). A conflict
     /// ([`Error::Conflict`](strata_core::Error::Conflict), with the actual version), a duplicate id or
-    /// any failure rolls the unit back: begin a new one to try again.
+    /// any failure rolls the unit back: begin a new one to try again. Unlike
+    /// `append`, a unit does not retry by itself: a concurrent writer that
+    /// takes the version first is a conflict even with
+    /// [`ExpectedVersion::Any`], since the caller's writes must be made
+    /// again too.
     pub async fn append(
         mut self,
         stream: &StreamId,
