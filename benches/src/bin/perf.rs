@@ -262,6 +262,30 @@ async fn raw_insert_batch(pool: &PgPool, stream: &str, after: i64, events: &[New
     Ok(())
 }
 
+/// Read `raw.events` page by page with `sql` (`$1`: the position to read
+/// after; `$2`: `category`, if given) until a page comes back empty,
+/// counting the rows.
+async fn raw_read_pages(pool: &PgPool, sql: &str, category: Option<&str>) -> Res<Sample> {
+    let start = Instant::now();
+    let mut after = 0i64;
+    let mut n = 0u64;
+    loop {
+        let mut query = sqlx::query_as::<_, RawRow>(sql).bind(after);
+        if let Some(category) = category {
+            query = query.bind(category);
+        }
+        let rows = query.fetch_all(pool).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0;
+        n += rows.len() as u64;
+    }
+    Ok(Sample {
+        ops: n,
+        elapsed: start.elapsed(),
+        latencies: Vec::new(),
+    })
+}
+
 /// Read a stream the raw way and fold it like the aggregate would.
 async fn raw_load(pool: &PgPool, stream: &str, from: i64, mut total: u64) -> Res<(u64, i64)> {
     let rows: Vec<RawRow> = sqlx::query_as(RAW_READ_STREAM)
@@ -594,31 +618,14 @@ impl Bench {
         let wanted = format!("c0x{tag}");
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
-            let raw = async {
-                let start = Instant::now();
-                let mut after = 0i64;
-                let mut n = 0u64;
-                loop {
-                    let rows: Vec<RawRow> = sqlx::query_as(
-                        "SELECT global_position, stream_version, event_id, event_type, schema_version,
-                            payload, metadata, recorded_at FROM raw.events
-                         WHERE category = $1 AND global_position > $2
-                         ORDER BY global_position LIMIT 1000",
-                    )
-                    .bind(&wanted)
-                    .bind(after)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    let Some(last) = rows.last() else { break };
-                    after = last.0;
-                    n += rows.len() as u64;
-                }
-                Ok(Sample {
-                    ops: n,
-                    elapsed: start.elapsed(),
-                    latencies: Vec::new(),
-                })
-            };
+            let raw = raw_read_pages(
+                &self.pool,
+                "SELECT global_position, stream_version, event_id, event_type, schema_version,
+                     payload, metadata, recorded_at FROM raw.events
+                 WHERE global_position > $1 AND category = $2
+                 ORDER BY global_position LIMIT 1000",
+                Some(&wanted),
+            );
             let fw = async {
                 let start = Instant::now();
                 let filter = strata_core::LogFilter::categories([wanted.as_str()]);
@@ -646,29 +653,13 @@ impl Bench {
     async fn read_log(&self) -> Res<Rounds> {
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
-            let raw = async {
-                let start = Instant::now();
-                let mut after = 0i64;
-                let mut n = 0u64;
-                loop {
-                    let rows: Vec<RawRow> = sqlx::query_as(
-                        "SELECT global_position, stream_version, event_id, event_type, schema_version,
-                            payload, metadata, recorded_at FROM raw.events WHERE global_position > $1
-                            ORDER BY global_position LIMIT 1000",
-                    )
-                    .bind(after)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    let Some(last) = rows.last() else { break };
-                    after = last.0;
-                    n += rows.len() as u64;
-                }
-                Ok(Sample {
-                    ops: n,
-                    elapsed: start.elapsed(),
-                    latencies: Vec::new(),
-                })
-            };
+            let raw = raw_read_pages(
+                &self.pool,
+                "SELECT global_position, stream_version, event_id, event_type, schema_version,
+                     payload, metadata, recorded_at FROM raw.events WHERE global_position > $1
+                 ORDER BY global_position LIMIT 1000",
+                None,
+            );
             let fw = async {
                 let start = Instant::now();
                 let mut after = 0u64;
