@@ -51,22 +51,23 @@ impl StreamId {
     /// The stream of one aggregate instance: `"{aggregate_type}-{id}"`, in
     /// category `aggregate_type`.
     pub fn for_aggregate(aggregate_type: &str, id: &str) -> Result<Self> {
-        Self::in_category(aggregate_type, &format!("{aggregate_type}-{id}"))
+        Self::in_category(aggregate_type, format!("{aggregate_type}-{id}"))
     }
 
     /// Stream `id` in `category`, which must be a non-empty prefix of it,
     /// followed by `-` or the end of the id.
-    pub fn in_category(category: &str, id: &str) -> Result<Self> {
+    pub fn in_category(category: &str, id: impl Into<String>) -> Result<Self> {
+        let id = id.into();
         let follows = id
             .strip_prefix(category)
             .map(|rest| rest.is_empty() || rest.starts_with('-'));
         if category.is_empty() || follows != Some(true) {
             return Err(Error::InvalidStreamId {
-                stream: id.to_owned(),
+                stream: id,
                 reason: "the category must be a non-empty prefix of the stream id, followed by `-`",
             });
         }
-        Self::checked(id.to_owned(), category.len())
+        Self::checked(id, category.len())
     }
 
     fn checked(id: String, category_len: usize) -> Result<Self> {
@@ -104,11 +105,17 @@ fn name_problem(name: &str, max: usize, reasons: [&'static str; 3]) -> Option<&'
         Some(reasons[0])
     } else if name.len() > max {
         Some(reasons[1])
-    } else if name.chars().any(char::is_control) {
+    } else if has_control_character(name) {
         Some(reasons[2])
     } else {
         None
     }
+}
+
+/// Printable ASCII, the common case, is told a byte at a time; anything
+/// else is looked at a character at a time.
+fn has_control_character(name: &str) -> bool {
+    !name.bytes().all(|b| (0x20..0x7f).contains(&b)) && name.chars().any(char::is_control)
 }
 
 impl fmt::Display for StreamId {

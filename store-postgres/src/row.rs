@@ -52,19 +52,48 @@ impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
 }
 
 impl EventRow {
-    /// The event whose [`EVENT_COLUMNS`] start at column `at`.
+    /// The event's global position, as stored.
+    pub(crate) fn position(&self) -> i64 {
+        self.global_position
+    }
+
+    /// The event whose [`EVENT_COLUMNS`] start at column `at`. The columns'
+    /// types are fixed by that list and the migrations, so they are not
+    /// checked again for every row (a value that does not decode is still
+    /// an error).
     pub(crate) fn from_row_at(row: &PgRow, at: usize) -> Result<Self, sqlx::Error> {
         Ok(EventRow {
-            global_position: row.try_get(at)?,
-            stream_id: row.try_get(at + 1)?,
-            stream_version: row.try_get(at + 2)?,
-            event_id: row.try_get(at + 3)?,
-            event_type: row.try_get(at + 4)?,
-            schema_version: row.try_get(at + 5)?,
-            payload: serde_json::from_str(row.try_get::<&str, _>(at + 6)?),
-            metadata: serde_json::from_str(row.try_get::<&str, _>(at + 7)?),
-            recorded_at: row.try_get(at + 8)?,
-            category: row.try_get(at + 9)?,
+            global_position: row.try_get_unchecked(at)?,
+            stream_id: row.try_get_unchecked(at + 1)?,
+            stream_version: row.try_get_unchecked(at + 2)?,
+            event_id: row.try_get_unchecked(at + 3)?,
+            event_type: row.try_get_unchecked(at + 4)?,
+            schema_version: row.try_get_unchecked(at + 5)?,
+            payload: serde_json::from_str(row.try_get_unchecked::<&str, _>(at + 6)?),
+            metadata: serde_json::from_str(row.try_get_unchecked::<&str, _>(at + 7)?),
+            recorded_at: row.try_get_unchecked(at + 8)?,
+            category: row.try_get_unchecked(at + 9)?,
+        })
+    }
+}
+
+/// A row of a filtered page of the log: the horizon, then the event's
+/// [`EVENT_COLUMNS`], all NULL on the one row of an empty page.
+#[derive(Debug)]
+pub(crate) struct FilteredRow {
+    pub(crate) below: i64,
+    pub(crate) event: Option<EventRow>,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for FilteredRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let event = match row.try_get::<Option<i64>, _>(1)? {
+            Some(_) => Some(EventRow::from_row_at(row, 1)?),
+            None => None,
+        };
+        Ok(FilteredRow {
+            below: row.try_get(0)?,
+            event,
         })
     }
 }
@@ -95,7 +124,7 @@ impl EventRow {
         let row = self;
         let stream_id = match (row.stream_id, stream) {
             (Some(id), _) => match row.category {
-                Some(category) => StreamId::in_category(&category, &id)?,
+                Some(category) => StreamId::in_category(&category, id)?,
                 None => StreamId::new(id)?,
             },
             (None, Some(stream)) => stream.clone(),

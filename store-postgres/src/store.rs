@@ -24,7 +24,7 @@ use crate::known::KnownVersions;
 use crate::notify::{Notifier, Wakes};
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
 use crate::row::{
-    CommandRow, EVENT_COLUMNS, EventRow, STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events,
+    CommandRow, EVENT_COLUMNS, EventRow, FilteredRow, STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events,
     to_i64_saturating, to_log_page, to_stream_events, to_u64,
 };
 
@@ -417,16 +417,29 @@ impl PgEventStore {
         if !filter.event_types.is_empty() {
             conditions.push_str(" AND event_type = ANY($4)");
         }
+        // The inner query is the plain ordered scan the indexes serve (see
+        // `read_all_once` for why the horizon cuts the page outside it). It
+        // selects the stored columns: converted in it, payloads would be
+        // turned to text for every row the scan meets, not only for those
+        // returned. The horizon comes back on every row, and on a last row
+        // of NULLs, which an empty page also has. No join and no sort: they
+        // cost more than the page's own scan (the rows are put in order
+        // here, which costs nothing when they come in order).
         let sql = with_log_base(&format!(
-            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below)
-             SELECT h.below, p.* FROM h LEFT JOIN LATERAL (
-                 SELECT {EVENT_COLUMNS} FROM strata.events
-                 WHERE global_position > $1 AND global_position < h.below{conditions}
+            "WITH h AS MATERIALIZED (
+                 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS below
+             )
+             SELECT (SELECT below FROM h), {EVENT_COLUMNS} FROM (
+                 SELECT * FROM strata.events
+                 WHERE global_position > $1{conditions}
                  ORDER BY global_position LIMIT $2
-             ) p ON true
-             ORDER BY p.global_position"
+             ) p
+             WHERE p.global_position < (SELECT below FROM h)
+             UNION ALL
+             SELECT below, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM h"
         ));
-        let rows = sqlx::query(&sql)
+        // Each row is decoded as it arrives, while the server sends the next.
+        let rows: Vec<FilteredRow> = sqlx::query_as(&sql)
             .bind(to_i64_saturating(after_position))
             .bind(limit(max_count))
             .bind(&filter.categories)
@@ -434,17 +447,9 @@ impl PgEventStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(from_sqlx)?;
-        let mut below = 0;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            below = sqlx::Row::try_get::<i64, _>(row, 0).map_err(from_sqlx)?;
-            if sqlx::Row::try_get::<Option<i64>, _>(row, 1)
-                .map_err(from_sqlx)?
-                .is_some()
-            {
-                events.push(EventRow::from_row_at(row, 1).map_err(from_sqlx)?);
-            }
-        }
+        let below = rows.first().map_or(0, |r| r.below);
+        let mut events: Vec<EventRow> = rows.into_iter().filter_map(|r| r.event).collect();
+        events.sort_by_key(EventRow::position);
         let fetched = events.len();
         let events = to_log_page(events)?;
         let full = fetched >= max_count.max(1);

@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 use strata_core::error::BoxError;
 use strata_core::testing::contract::read_all_settled;
 use strata_core::{EventStore, ExpectedVersion, LogFilter, StreamId};
-use strata_store_postgres::testing::{empty_database_url, new_event};
+use strata_store_postgres::testing::{empty_database_url, fresh_database, new_event};
 use strata_store_postgres::{MIGRATOR, PgEventStore};
 
 #[tokio::test]
@@ -64,5 +64,58 @@ async fn events_stored_before_categories_get_one_from_the_migration() -> Result<
         "only the legacy order event: {:?}",
         page.events
     );
+    Ok(())
+}
+
+/// A filtered read stops below a transaction that is still open, as
+/// `read_all` does: an event committed after it is neither returned nor
+/// passed over, and is read once the older transaction ends.
+#[tokio::test]
+async fn a_filtered_read_stops_below_an_open_older_transaction() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let orders = LogFilter::categories(["order"]);
+    let first = store
+        .append(
+            &StreamId::for_aggregate("order", "1")?,
+            ExpectedVersion::NoStream,
+            vec![new_event("Placed", json!(1))],
+        )
+        .await?
+        .positions[0];
+
+    let mut older = store.pool().begin().await?;
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await?;
+    let second = store
+        .append(
+            &StreamId::for_aggregate("order", "2")?,
+            ExpectedVersion::NoStream,
+            vec![new_event("Placed", json!(2))],
+        )
+        .await?
+        .positions[0];
+
+    for max_count in [1, 100] {
+        let page = store.read_all_filtered(0, max_count, &orders).await?;
+        let read: Vec<u64> = page.events.iter().map(|e| e.global_position).collect();
+        assert_eq!(read, [first], "page of {max_count}");
+        assert!(
+            page.scanned_to < second,
+            "page of {max_count}: examined up to {}, past the held-back event at {second}",
+            page.scanned_to
+        );
+        let again = store
+            .read_all_filtered(page.scanned_to, max_count, &orders)
+            .await?;
+        assert!(again.events.is_empty(), "page of {max_count}: {:?}", again.events);
+        assert!(again.scanned_to < second, "page of {max_count}");
+    }
+
+    older.rollback().await?;
+    let page = store.read_all_filtered(first, 100, &orders).await?;
+    let read: Vec<u64> = page.events.iter().map(|e| e.global_position).collect();
+    assert_eq!(read, [second]);
+    assert!(page.reached_end && page.scanned_to >= second);
     Ok(())
 }
