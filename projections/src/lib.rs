@@ -1,8 +1,35 @@
-//! # strata-projections — not implemented yet
+//! # strata-projections
 //!
-//! This crate will hold read-model projections that commit their checkpoint
-//! in the same PostgreSQL transaction as their update (exactly-once in
-//! effect), the projection daemon, rebuilds and replays, and parking of a
-//! failing projection with the offending event id.
+//! Read models built from the global log, the Q of CQRS.
 //!
-//! Today it contains no code and offers no API.
+//! A [`Projection`] names itself, says which events it wants (by stream
+//! category and event type, served by the store's filtered reads) and, as
+//! a [`postgres::PgProjection`], how each event changes its tables. A
+//! [`postgres::PgDaemon`] in the user's binary runs registered projections:
+//!
+//! - **Exactly once in effect.** A batch's changes and the projection's
+//!   position commit in one transaction.
+//! - **One runner per projection, fenced.** Any number of daemons may
+//!   register a projection; the one holding its lease applies it, the
+//!   others take over when the lease runs out, and a runner that lost its
+//!   lease cannot commit a batch.
+//! - **Errors are isolated.** A failing event is retried with back-off,
+//!   then the projection parks as `faulted` at it (its id, position and
+//!   error stored) while the others go on; an operator resumes, skips the
+//!   event, or resets.
+//! - **Status from the database.** [`postgres::status`] (and `strata
+//!   projections status`) needs no daemon.
+//! - **Rebuilds beside the live model.** A raised version, or a
+//!   [`postgres::rebuild`] request, builds into its own schema while the
+//!   active build serves readers, who are switched over in one step.
+//!
+//! Events reach the projection upcast to their current schema and decoded,
+//! with their envelope ([`strata_core::Envelope`]).
+
+pub mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod projection;
+
+pub use error::{ProjectionError, Result};
+pub use projection::{Projection, RunnerOptions, name_problem};

@@ -242,6 +242,7 @@ pub mod testing;
 pub mod unit;
 
 pub use horizon::Horizon;
+pub use notify::CommitSignal;
 pub use options::{
     DEFAULT_MAX_CONCURRENT_APPENDS, DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_SIZE, PgEventStoreOptions,
 };

@@ -103,6 +103,46 @@ impl Drop for Notifier {
     }
 }
 
+/// Wakes a reader of the log when a commit is announced: an append of this
+/// store, or a notification from another process. It is only a hint (a
+/// notification can be missed while the listening connection reconnects),
+/// so a reader waits with a timeout and reads again either way. Made by
+/// [`PgEventStore::commit_signal`](crate::PgEventStore::commit_signal).
+#[derive(Debug)]
+pub struct CommitSignal {
+    rx: watch::Receiver<Wakes>,
+    seen: u64,
+}
+
+impl CommitSignal {
+    pub(crate) fn new(rx: watch::Receiver<Wakes>) -> Self {
+        let seen = rx.borrow().commits;
+        CommitSignal { rx, seen }
+    }
+
+    /// Wait until a commit is announced that this signal has not reported
+    /// yet, or until `timeout` passes; true if a commit was announced.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let commits = self.rx.borrow_and_update().commits;
+            if commits != self.seen {
+                self.seen = commits;
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // The store was dropped: nothing will announce anything.
+                Ok(Err(_)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
 /// Clears the publisher's flag when the task ends, however it ends.
 struct Alive(Arc<AtomicBool>);
 

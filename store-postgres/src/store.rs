@@ -231,6 +231,17 @@ impl PgEventStore {
         &self.inner.pool
     }
 
+    /// A wake-up for readers that poll the log themselves (a projection
+    /// runner): it reports commits of this store and, through `LISTEN`,
+    /// of every other process. Needs a Tokio runtime.
+    pub fn commit_signal(&self) -> crate::notify::CommitSignal {
+        crate::notify::CommitSignal::new(
+            self.inner
+                .notifier
+                .subscribe(&self.inner.pool, self.inner.poll_interval),
+        )
+    }
+
     /// Apply the pending [`MIGRATOR`](crate::MIGRATOR) migrations (creates
     /// the `strata` schema). Safe to run concurrently and repeatedly.
     pub async fn migrate(&self) -> Result<()> {

@@ -1,0 +1,466 @@
+//! The PostgreSQL projection daemon against a real server: catch-up and
+//! live, exactly-once effect with two daemons and a takeover, fencing of a
+//! runner that lost its lease, a poison event parked and skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
+use strata_core::error::BoxError;
+use strata_core::testing::fixtures::counter::{CounterEvent, added};
+use strata_core::{Envelope, EventStore, ExpectedVersion, LogFilter, Metadata, NewEvent, StreamId};
+use strata_projections::postgres::{self, PgDaemon, PgProjection};
+use strata_projections::{Projection, ProjectionError, RunnerOptions};
+use strata_store_postgres::PgEventStore;
+use strata_store_postgres::testing::fresh_database;
+use tokio::sync::{Notify, oneshot};
+
+/// Counts events per stream: applying one twice shows as a count above the
+/// stream's version.
+struct Counts {
+    name: &'static str,
+    /// Fail on events adding this number.
+    poison: Option<u64>,
+    /// Calls of `apply`, committed or not.
+    calls: Arc<AtomicU64>,
+    /// When set, `apply` waits here (once) before doing anything.
+    gate: Option<Arc<Gate>>,
+}
+
+struct Gate {
+    entered: Notify,
+    release: Notify,
+}
+
+impl Counts {
+    fn new(name: &'static str) -> Self {
+        Counts {
+            name,
+            poison: None,
+            calls: Arc::new(AtomicU64::new(0)),
+            gate: None,
+        }
+    }
+}
+
+impl Projection for Counts {
+    type Event = CounterEvent;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::categories(["counter"])
+    }
+}
+
+#[async_trait]
+impl PgProjection for Counts {
+    async fn setup(&self, tx: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query("CREATE TABLE counts (stream_id text PRIMARY KEY, n bigint NOT NULL, last_version bigint NOT NULL)")
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, event: &Envelope<CounterEvent>) -> Result<(), BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.entered.notify_one();
+            gate.release.notified().await;
+        }
+        let CounterEvent::Added { n, .. } = &event.event;
+        if Some(*n) == self.poison {
+            return Err(format!("cannot count {n}").into());
+        }
+        sqlx::query(
+            "INSERT INTO counts VALUES ($1, 1, $2)
+             ON CONFLICT (stream_id) DO UPDATE SET n = counts.n + 1, last_version = excluded.last_version",
+        )
+        .bind(event.stream_id.as_str())
+        .bind(event.stream_version as i64)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Log output for a failing test: `RUST_LOG=strata_projections=debug`.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn fast_options() -> RunnerOptions {
+    init_tracing();
+    RunnerOptions {
+        batch_size: 100,
+        max_wait: Duration::from_millis(50),
+        max_attempts: 3,
+        retry_backoff: Duration::from_millis(20),
+        lease: Duration::from_millis(900),
+    }
+}
+
+/// Append `per_stream` events (adding `n`) to each of `streams` counters,
+/// and a few to another category; the last position.
+async fn append(store: &PgEventStore, streams: usize, per_stream: usize, n: u64) -> Result<u64, BoxError> {
+    let mut last = 0;
+    for s in 0..streams {
+        let events: Vec<NewEvent> = (0..per_stream)
+            .map(|_| NewEvent::from_event(&added(n), Metadata::default()))
+            .collect::<Result<_, _>>()?;
+        let stream = StreamId::for_aggregate("counter", &s.to_string())?;
+        let result = store.append(&stream, ExpectedVersion::Any, events).await?;
+        last = last.max(*result.positions.last().expect("positions"));
+        let other = StreamId::for_aggregate("other", &s.to_string())?;
+        let result = store
+            .append(
+                &other,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_event(&added(1), Metadata::default())?],
+            )
+            .await?;
+        last = last.max(result.positions[0]);
+    }
+    Ok(last)
+}
+
+/// The readers' view of the counts, by stream.
+async fn counts(pool: &PgPool, name: &str) -> Result<Vec<(String, i64, i64)>, BoxError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT stream_id, n, last_version FROM {name}.counts ORDER BY stream_id"
+    ))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Every stream counted exactly as many times as it has events.
+async fn assert_exact(pool: &PgPool, name: &str, streams: usize, per_stream: i64) -> Result<(), BoxError> {
+    let rows = counts(pool, name).await?;
+    assert_eq!(rows.len(), streams, "{rows:?}");
+    for (stream, n, last) in rows {
+        assert_eq!((n, last), (per_stream, per_stream), "stream {stream}");
+    }
+    Ok(())
+}
+
+fn spawn_daemon(
+    daemon: PgDaemon,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), ProjectionError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_catches_up_then_follows_live() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    append(&store, 10, 50, 1).await?;
+    let daemon = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts::new("counts"))?;
+    let (stop, task) = spawn_daemon(daemon);
+
+    let head = append(&store, 10, 1, 1).await?;
+    postgres::wait_for(store.pool(), "counts", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "counts", 10, 51).await?;
+
+    // Live: one more append, read back through the projection.
+    let head = append(&store, 10, 1, 1).await?;
+    postgres::wait_for(store.pool(), "counts", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "counts", 10, 52).await?;
+
+    let status = postgres::status(store.pool(), Some("counts")).await?;
+    assert_eq!(status.len(), 1);
+    assert_eq!(
+        (status[0].state.as_str(), status[0].stage.as_str()),
+        ("running", "active")
+    );
+    assert_eq!(
+        status[0].events_applied, 520,
+        "only the counter category is applied"
+    );
+    assert!(
+        status[0].position >= head && status[0].lag_events == 0,
+        "{status:?}"
+    );
+
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_apply_every_event_once_and_the_second_takes_over() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    append(&store, 8, 40, 1).await?;
+    let first = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts::new("shared"))?;
+    let second = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts::new("shared"))?;
+    let first_owner = first.owner().to_owned();
+    let (stop_first, first_task) = spawn_daemon(first);
+    let (stop_second, second_task) = spawn_daemon(second);
+
+    let head = append(&store, 8, 10, 1).await?;
+    postgres::wait_for(store.pool(), "shared", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "shared", 8, 50).await?;
+    let leader = postgres::status(store.pool(), Some("shared")).await?[0]
+        .owner
+        .clone();
+
+    // The leader dies without handing its lease back: the other daemon
+    // takes over once the lease runs out, from the checkpoint.
+    let (leader_task, other_stop, other_task) = if leader.as_deref() == Some(first_owner.as_str()) {
+        (first_task, stop_second, second_task)
+    } else {
+        (second_task, stop_first, first_task)
+    };
+    leader_task.abort();
+    let head = append(&store, 8, 10, 1).await?;
+    postgres::wait_for(store.pool(), "shared", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "shared", 8, 60).await?;
+    let now = postgres::status(store.pool(), Some("shared")).await?;
+    assert!(now[0].owner.is_some() && now[0].owner != leader, "{now:?}");
+
+    other_stop.send(()).ok();
+    other_task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_lost_its_lease_cannot_commit() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    append(&store, 1, 1, 1).await?;
+    let gate = Arc::new(Gate {
+        entered: Notify::new(),
+        release: Notify::new(),
+    });
+    let zombie_projection = Counts {
+        gate: Some(gate.clone()),
+        ..Counts::new("fenced")
+    };
+    let zombie = PgDaemon::new(store.clone())
+        .with_options(RunnerOptions {
+            lease: Duration::from_secs(30),
+            ..fast_options()
+        })
+        .register(zombie_projection)?;
+    let (stop_zombie, zombie_task) = spawn_daemon(zombie);
+
+    // The zombie holds a batch, inside `apply`; its lease runs out (made to,
+    // here) and another daemon takes over and applies the event.
+    tokio::time::timeout(Duration::from_secs(20), gate.entered.notified()).await?;
+    sqlx::query("UPDATE strata.projections SET lease_until = clock_timestamp() - interval '1 second' WHERE name = 'fenced'")
+        .execute(store.pool())
+        .await?;
+    let successor = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts::new("fenced"))?;
+    let successor_owner = successor.owner().to_owned();
+    let (stop_successor, successor_task) = spawn_daemon(successor);
+    let head = append(&store, 1, 1, 1).await?;
+    postgres::wait_for(store.pool(), "fenced", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "fenced", 1, 2).await?;
+
+    // The zombie's batch now goes on, and its commit is refused.
+    gate.release.notify_one();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exact(store.pool(), "fenced", 1, 2).await?;
+    let status = postgres::status(store.pool(), Some("fenced")).await?;
+    assert_eq!(status[0].owner.as_deref(), Some(successor_owner.as_str()));
+
+    stop_zombie.send(()).ok();
+    stop_successor.send(()).ok();
+    zombie_task.await??;
+    successor_task.await??;
+    Ok(())
+}
+
+/// A daemon holding a batch (inside `apply`) with a gated projection.
+async fn gated_daemon(
+    store: &PgEventStore,
+    name: &'static str,
+) -> Result<
+    (
+        Arc<Gate>,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ProjectionError>>,
+    ),
+    BoxError,
+> {
+    let gate = Arc::new(Gate {
+        entered: Notify::new(),
+        release: Notify::new(),
+    });
+    let daemon = PgDaemon::new(store.clone())
+        .with_options(RunnerOptions {
+            lease: Duration::from_secs(30),
+            ..fast_options()
+        })
+        .register(Counts {
+            gate: Some(gate.clone()),
+            ..Counts::new(name)
+        })?;
+    let (stop, task) = spawn_daemon(daemon);
+    tokio::time::timeout(Duration::from_secs(20), gate.entered.notified()).await?;
+    Ok((gate, stop, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_lease_was_taken_cannot_commit_even_before_its_successor_does() -> Result<(), BoxError>
+{
+    let (store, _db) = fresh_database().await?;
+    append(&store, 1, 1, 1).await?;
+    let (gate, stop, task) = gated_daemon(&store, "taken").await?;
+    // Another daemon takes the lease (as `acquire` does) but has not
+    // committed anything: the position is still the zombie's.
+    sqlx::query(
+        "UPDATE strata.projections SET owner = 'another', token = token + 1,
+             lease_until = clock_timestamp() + interval '1 minute'
+         WHERE name = 'taken'",
+    )
+    .execute(store.pool())
+    .await?;
+    gate.release.notify_one();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        counts(store.pool(), "taken").await?.is_empty(),
+        "the zombie's batch committed"
+    );
+    let status = postgres::status(store.pool(), Some("taken")).await?;
+    assert_eq!(
+        (status[0].position, status[0].owner.as_deref()),
+        (0, Some("another"))
+    );
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_connection_is_killed_is_applied_once_later() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let head = append(&store, 1, 3, 1).await?;
+    let (gate, stop, task) = gated_daemon(&store, "killed").await?;
+    // The batch's transaction is open on its connection: kill it.
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(killed, [true], "one batch transaction was open");
+    // Let this try and every later one through.
+    let released = tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            loop {
+                gate.release.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    postgres::wait_for(store.pool(), "killed", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "killed", 1, 3).await?;
+    released.abort();
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_parks_its_projection_alone_until_skipped() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    append(&store, 3, 5, 1).await?;
+    let poisoned = store
+        .append(
+            &StreamId::for_aggregate("counter", "1")?,
+            ExpectedVersion::Any,
+            vec![NewEvent::from_event(&added(13), Metadata::default())?],
+        )
+        .await?
+        .positions[0];
+    let head = append(&store, 3, 5, 1).await?;
+    let daemon = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts {
+            poison: Some(13),
+            ..Counts::new("picky")
+        })?
+        .register(Counts::new("tolerant"))?;
+    let (stop, task) = spawn_daemon(daemon);
+
+    // The other projection reaches the head.
+    postgres::wait_for(store.pool(), "tolerant", head, Duration::from_secs(20)).await?;
+    // This one parks at the poison event, with everything before it applied.
+    let status = wait_until(store.pool(), "picky", |s| s.state == "faulted").await?;
+    let poison_id = status.fault_event_id.expect("the event is named");
+    assert_eq!(status.fault_position, Some(poisoned));
+    assert!(status.position < poisoned, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot count 13"),
+        "{status:?}"
+    );
+    let stuck = postgres::wait_for(store.pool(), "picky", head, Duration::from_millis(300)).await;
+    assert!(matches!(stuck, Err(ProjectionError::Timeout { .. })), "{stuck:?}");
+
+    // Skipping another event is refused; skipping this one lets it go on.
+    let wrong = postgres::skip(store.pool(), "picky", uuid::Uuid::now_v7()).await;
+    assert!(
+        matches!(wrong, Err(ProjectionError::NotFaultedAt { .. })),
+        "{wrong:?}"
+    );
+    postgres::skip(store.pool(), "picky", poison_id).await?;
+    postgres::wait_for(store.pool(), "picky", head, Duration::from_secs(20)).await?;
+    let picky = counts(store.pool(), "picky").await?;
+    let tolerant = counts(store.pool(), "tolerant").await?;
+    let picky_1 = picky.iter().find(|r| r.0 == "counter-1").expect("stream 1");
+    let tolerant_1 = tolerant.iter().find(|r| r.0 == "counter-1").expect("stream 1");
+    assert_eq!(picky_1.1 + 1, tolerant_1.1, "only the skipped event is missing");
+    let skipped: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM strata.projection_skips WHERE name = 'picky'")
+            .fetch_all(store.pool())
+            .await?;
+    assert_eq!(skipped, [poison_id]);
+
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}
+
+async fn wait_until(
+    pool: &PgPool,
+    name: &str,
+    done: impl Fn(&postgres::ProjectionStatus) -> bool,
+) -> Result<postgres::ProjectionStatus, BoxError> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(s) = postgres::status(pool, Some(name)).await?.into_iter().next() {
+            if done(&s) {
+                return Ok(s);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err(format!("gave up waiting; last status {s:?}").into());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
