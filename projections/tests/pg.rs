@@ -464,3 +464,34 @@ async fn wait_until(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_projection_applies_nothing_until_resumed() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let head = append(&store, 2, 2, 1).await?;
+    let daemon = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts::new("paused"))?;
+    let (stop, task) = spawn_daemon(daemon);
+    postgres::wait_for(store.pool(), "paused", head, Duration::from_secs(20)).await?;
+
+    postgres::pause(store.pool(), "paused").await?;
+    wait_until(store.pool(), "paused", |s| s.state == "paused").await?;
+    let head = append(&store, 2, 1, 1).await?;
+    let held = postgres::wait_for(store.pool(), "paused", head, Duration::from_millis(400)).await;
+    assert!(matches!(held, Err(ProjectionError::Timeout { .. })), "{held:?}");
+    assert_exact(store.pool(), "paused", 2, 2).await?;
+
+    postgres::resume(store.pool(), "paused").await?;
+    postgres::wait_for(store.pool(), "paused", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "paused", 2, 3).await?;
+    let missing = postgres::pause(store.pool(), "nothing").await;
+    assert!(
+        matches!(missing, Err(ProjectionError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}
