@@ -17,11 +17,11 @@
 //!   then the projection parks as `faulted` at it (its id, position and
 //!   error stored) while the others go on; an operator resumes, skips the
 //!   event, or resets.
-//! - **Status from the database.** [`postgres::status`] (and `strata
-//!   projections status`) needs no daemon.
+//! - **Status from the database.** [`postgres::status`] needs no daemon.
 //! - **Rebuilds beside the live model.** A raised version, or a
 //!   [`postgres::rebuild`] request, builds into its own schema while the
-//!   active build serves readers, who are switched over in one step.
+//!   active build serves readers, who are switched over in one step
+//!   (not yet covered by a test).
 //!
 //! Events reach the projection upcast to their current schema and decoded,
 //! with their envelope ([`strata_core::Envelope`]).

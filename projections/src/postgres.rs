@@ -41,7 +41,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::error::{ProjectionError, Result};
-use crate::projection::{Projection, RunnerOptions, decode, name_problem};
+use crate::projection::{Projection, RunnerOptions, name_problem};
 
 /// A projection whose read model lives in PostgreSQL tables.
 #[async_trait]
@@ -93,7 +93,7 @@ impl<P: PgProjection> Runnable for Registered<P> {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
-        let envelope = decode::<P::Event>(event, &self.upcasters)?;
+        let envelope = event.decode::<P::Event>(&self.upcasters)?;
         self.projection.apply(tx, &envelope).await
     }
 }
@@ -1056,25 +1056,25 @@ pub async fn status(pool: &PgPool, name: Option<&str>) -> Result<Vec<ProjectionS
 
 /// Stop applying events to the projection's builds until [`resume`].
 pub async fn pause(pool: &PgPool, name: &str) -> Result<()> {
-    control(pool, name, "SET state = 'paused'").await
+    control(pool, name, "SET state = 'paused'", "stage <> 'retired'").await
 }
 
 /// Apply events again: after [`pause`], or after a fault (the failing
 /// event is tried again).
 pub async fn resume(pool: &PgPool, name: &str) -> Result<()> {
-    control(pool, name, "SET state = 'running'").await
+    control(pool, name, "SET state = 'running'", "stage <> 'retired'").await
 }
 
 /// Empty the active build and rebuild it from position 0 in place (for
 /// development: readers see it empty, then filling).
 pub async fn reset(pool: &PgPool, name: &str) -> Result<()> {
-    control_active(pool, name, "SET reset_requested = true").await
+    control(pool, name, "SET reset_requested = true", "stage = 'active'").await
 }
 
 /// Build the active version again from position 0, beside the active
 /// build, and switch readers over once it has caught up.
 pub async fn rebuild(pool: &PgPool, name: &str) -> Result<()> {
-    control_active(pool, name, "SET rebuild_requested = true").await
+    control(pool, name, "SET rebuild_requested = true", "stage = 'active'").await
 }
 
 /// Pass over the event the projection is parked at, recording that it was
@@ -1098,22 +1098,11 @@ pub async fn skip(pool: &PgPool, name: &str, event_id: Uuid) -> Result<()> {
     Ok(())
 }
 
-async fn control(pool: &PgPool, name: &str, set: &str) -> Result<()> {
+/// Write an operator's request to the projection's builds that `stages`
+/// selects; a projection without such a build is [`ProjectionError::NotFound`].
+async fn control(pool: &PgPool, name: &str, set: &str, stages: &str) -> Result<()> {
     let updated = sqlx::query(&format!(
-        "UPDATE strata.projections {set}, updated_at = now() WHERE name = $1 AND stage <> 'retired'"
-    ))
-    .bind(name)
-    .execute(pool)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Err(ProjectionError::NotFound(name.to_owned()));
-    }
-    Ok(())
-}
-
-async fn control_active(pool: &PgPool, name: &str, set: &str) -> Result<()> {
-    let updated = sqlx::query(&format!(
-        "UPDATE strata.projections {set}, updated_at = now() WHERE name = $1 AND stage = 'active'"
+        "UPDATE strata.projections {set}, updated_at = now() WHERE name = $1 AND {stages}"
     ))
     .bind(name)
     .execute(pool)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use strata_core::{Envelope, Event, LogFilter, RecordedEvent, Upcasters};
+use strata_core::{Event, LogFilter, Upcasters};
 
 /// A read model built from the global log: a stable name and version, and
 /// the events it wants. How each event changes the model is said by the
@@ -59,14 +59,6 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
         _ if name.contains("__") => Some("a projection name must not contain `__`"),
         _ => None,
     }
-}
-
-/// Decode a stored event for `P`: upcast, then decode to its event type.
-pub(crate) fn decode<E: Event>(
-    event: &RecordedEvent,
-    upcasters: &Upcasters,
-) -> strata_core::Result<Envelope<E>> {
-    event.decode::<E>(upcasters)
 }
 
 /// How a runner batches, retries and waits. The defaults suit a daemon;
