@@ -3,9 +3,21 @@
 //! Read models built from the global log, the Q of CQRS.
 //!
 //! A [`Projection`] names itself, says which events it wants (by stream
-//! category and event type, served by the store's filtered reads) and, as
-//! a [`postgres::PgProjection`], how each event changes its tables. A
-//! [`postgres::PgDaemon`] in the user's binary runs registered projections:
+//! category and event type, served by the store's filtered reads) and how
+//! each event changes its read model, kept by one of two runners:
+//!
+//! - [`memory`]: the model is a Rust value in process memory, built by a
+//!   [`memory::MemoryDaemon`] over any event store. The embedded default,
+//!   for examples, development and unit tests: no server. A
+//!   [`memory::MemoryProjection`] applies each event to the model; batches
+//!   are published atomically with their position, and failures, status
+//!   and controls work as below (see the module).
+//! - [`postgres`] (feature `postgres`): the model is in PostgreSQL tables,
+//!   changed by a [`postgres::PgProjection`] through the runner's
+//!   transaction.
+//!
+//! A [`postgres::PgDaemon`] in the user's binary runs registered
+//! projections:
 //!
 //! - **Exactly once in effect.** A batch's changes and the projection's
 //!   position commit in one transaction.
@@ -25,8 +37,20 @@
 //!
 //! Events reach the projection upcast to their current schema and decoded,
 //! with their envelope ([`strata_core::Envelope`]).
+//!
+//! ## Quick start
+//!
+//! The [`memory`] module's example runs a projection over the in-memory
+//! store; `examples/content` (`cargo run --example content`) runs one
+//! projection on either runner.
+//!
+//! ## Feature flags
+//!
+//! - `postgres` (default): the [`postgres`] module, with `sqlx` and
+//!   `strata-store-postgres`.
 
 pub mod error;
+pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod projection;
