@@ -514,30 +514,38 @@ async fn readers_never_see_a_model_that_does_not_match_its_position() -> Result<
             .last()
             .expect("positions");
     }
-    let mut daemon = MemoryDaemon::new(store.clone()).with_options(fast_options());
+    // One event a batch: as many publications as events.
+    let options = RunnerOptions {
+        batch_size: 1,
+        ..fast_options()
+    };
+    let mut daemon = MemoryDaemon::new(store.clone()).with_options(options);
     let counts = daemon.register(Counts::new("consistent"))?;
-    let reader = tokio::spawn({
+    // A thread of its own, reading as fast as it can.
+    let reader = std::thread::spawn({
         let counts = counts.clone();
-        async move {
-            let mut seen = 0;
+        move || {
+            let started = std::time::Instant::now();
             loop {
                 let snapshot = counts.snapshot();
-                assert_eq!(
-                    snapshot.given, snapshot.position,
-                    "a model out of step with its position"
-                );
-                if snapshot.position != seen {
-                    seen = snapshot.position;
+                if snapshot.given != snapshot.position {
+                    return Err(format!(
+                        "model {} at position {}",
+                        snapshot.given, snapshot.position
+                    ));
                 }
-                if seen == head {
-                    return;
+                if snapshot.position == head {
+                    return Ok(());
                 }
-                tokio::task::yield_now().await;
+                if started.elapsed() > WAIT {
+                    return Err(format!("stuck at {}", snapshot.position));
+                }
             }
         }
     });
     let (stop_tx, task) = spawn(daemon);
-    tokio::time::timeout(WAIT, reader).await??;
+    let read = tokio::task::spawn_blocking(move || reader.join()).await?;
+    read.map_err(|_| "the reader panicked")??;
     stop(stop_tx, task).await
 }
 
