@@ -691,3 +691,127 @@ async fn registration_refuses_bad_names_and_duplicates() -> Result<(), BoxError>
     );
     Ok(())
 }
+
+/// A metrics recorder for this test binary: each metric's value (a
+/// histogram's: how many values it recorded), by name and `projection`.
+#[derive(Default)]
+struct Recorded(Mutex<BTreeMap<String, Arc<Metric>>>);
+
+#[derive(Default)]
+struct Metric(Mutex<f64>);
+
+impl metrics::CounterFn for Metric {
+    fn increment(&self, value: u64) {
+        *self.0.lock().expect("metric") += value as f64;
+    }
+
+    fn absolute(&self, value: u64) {
+        let mut v = self.0.lock().expect("metric");
+        *v = v.max(value as f64);
+    }
+}
+
+impl metrics::GaugeFn for Metric {
+    fn increment(&self, value: f64) {
+        *self.0.lock().expect("metric") += value;
+    }
+
+    fn decrement(&self, value: f64) {
+        *self.0.lock().expect("metric") -= value;
+    }
+
+    fn set(&self, value: f64) {
+        *self.0.lock().expect("metric") = value;
+    }
+}
+
+impl metrics::HistogramFn for Metric {
+    fn record(&self, _: f64) {
+        *self.0.lock().expect("metric") += 1.0;
+    }
+}
+
+impl Recorded {
+    fn metric(&self, key: &metrics::Key) -> Arc<Metric> {
+        let label = key
+            .labels()
+            .find(|l| l.key() == "projection")
+            .map_or(String::new(), |l| l.value().to_owned());
+        let name = format!("{}{{projection={label}}}", key.name());
+        self.0.lock().expect("metrics").entry(name).or_default().clone()
+    }
+
+    fn value(&self, name: &str, projection: &str) -> Option<f64> {
+        let map = self.0.lock().expect("metrics");
+        let metric = map.get(&format!("{name}{{projection={projection}}}"))?;
+        Some(*metric.0.lock().expect("metric"))
+    }
+}
+
+impl metrics::Recorder for &'static Recorded {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.metric(key))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.metric(key))
+    }
+
+    fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::from_arc(self.metric(key))
+    }
+}
+
+/// The recorder of this test binary, installed once.
+fn recorded() -> &'static Recorded {
+    static RECORDED: std::sync::OnceLock<&'static Recorded> = std::sync::OnceLock::new();
+    RECORDED.get_or_init(|| {
+        let recorded: &'static Recorded = Box::leak(Box::default());
+        metrics::set_global_recorder(recorded).expect("no other recorder in this test binary");
+        recorded
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_publishes_its_metrics_by_projection() -> Result<(), BoxError> {
+    let metrics = recorded();
+    let store = InMemoryEventStore::new();
+    append(&store, 2, 3, 1).await?;
+    append_to(&store, "counter", "0", 13).await?;
+    append(&store, 2, 3, 1).await?;
+    let mut daemon = MemoryDaemon::new(store.clone()).with_options(fast_options());
+    let metered = daemon.register(Counts {
+        poison: Some(13),
+        ..Counts::new("metered")
+    })?;
+    let (stop_tx, task) = spawn(daemon);
+    let status = wait_until(&metered, |s| s.state == RunState::Faulted).await?;
+
+    let value = |name: &str| metrics.value(name, "metered");
+    assert_eq!(
+        value("strata_projection_events_applied_total"),
+        Some(status.events_applied as f64)
+    );
+    assert_eq!(value("strata_projection_position"), Some(status.position as f64));
+    assert_eq!(value("strata_projection_errors_total"), Some(3.0), "one per try");
+    assert!(value("strata_projection_batch_seconds").unwrap_or(0.0) >= 1.0);
+    // While it is parked, the lag is counted again (within a second or
+    // so): events appended now show in it.
+    append(&store, 1, 4, 1).await?;
+    let status = metered.control().status().await?;
+    let started = std::time::Instant::now();
+    while value("strata_projection_lag_events") != Some(status.lag_events as f64) {
+        assert!(
+            started.elapsed() < WAIT,
+            "lag {:?}, status {status:?}",
+            value("strata_projection_lag_events")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(status.lag_events > 4, "{status:?}");
+    stop(stop_tx, task).await
+}
