@@ -21,14 +21,43 @@ fn example() -> Result<PathBuf, BoxError> {
         .and_then(|deps| deps.parent())
         .ok_or("the test binary has no profile directory")?;
     let path = profile_dir.join("examples").join("content");
-    if !path.exists() {
-        return Err(format!(
-            "{} is missing: build it with `cargo build --example content` (cargo test builds it)",
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).map_err(|e| {
+        format!(
+            "{}: {e}: build it with `cargo build --example content` (`cargo test` builds it, \
+             `cargo test --test content` does not)",
             path.display()
         )
-        .into());
+    })?;
+    // `cargo test --test content` does not rebuild the example: refuse to
+    // test an old build of it.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [manifest.join("content"), manifest.join("../projections/src")] {
+        if let Some(newer) = newer_than(&dir, built)? {
+            return Err(format!(
+                "{} is older than {}: build it again with `cargo build --example content`",
+                path.display(),
+                newer.display()
+            )
+            .into());
+        }
     }
     Ok(path)
+}
+
+/// A file under `dir` modified after `time`, if any.
+fn newer_than(dir: &std::path::Path, time: std::time::SystemTime) -> Result<Option<PathBuf>, BoxError> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            if let Some(newer) = newer_than(&entry.path(), time)? {
+                return Ok(Some(newer));
+            }
+        } else if meta.modified()? > time {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
 }
 
 /// Run the example to its end (within a minute); its output.
