@@ -194,19 +194,28 @@ fn scrape(addr: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_serves_prometheus_metrics_and_stops_on_sigterm() -> Result<(), BoxError> {
-    let (url, _db) = fresh_database_url().await?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let mut daemon = Command::new(example()?)
-        .args(["--database-url", &url, "--daemon", "--metrics-addr", &addr])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let lines = {
-        let stdout = daemon.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
+/// An example process in `--daemon` mode, its stdout read line by line.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<std::io::Result<String>>,
+    owner: String,
+}
+
+impl Daemon {
+    /// Start one and wait for its `running` line.
+    fn start(url: &str, metrics_addr: Option<&str>) -> Result<Self, BoxError> {
+        let mut args = vec!["--database-url", url, "--daemon"];
+        if let Some(addr) = metrics_addr {
+            args.extend(["--metrics-addr", addr]);
+        }
+        let mut child = Command::new(example()?)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 if tx.send(line).is_err() {
@@ -214,73 +223,120 @@ async fn the_daemon_serves_prometheus_metrics_and_stops_on_sigterm() -> Result<(
                 }
             }
         });
-        rx
-    };
-    let result = async {
-        let running = lines.recv_timeout(Duration::from_secs(30))??;
-        assert!(running.contains("running; metrics at http://"), "{running}");
-        let owner = running.split_whitespace().nth(1).ok_or("no owner")?.to_owned();
-        // Let it take the projection's lease before the client's own daemon
-        // could, so that this process applies the client's events.
-        let pool = sqlx::PgPool::connect(&url).await?;
-        let started = Instant::now();
-        loop {
-            let held: Option<String> = sqlx::query_scalar(
-                "SELECT owner FROM strata.projections WHERE name = 'content' AND stage = 'active'",
-            )
-            .fetch_optional(&pool)
-            .await?
-            .flatten();
-            if held.as_deref() == Some(owner.as_str()) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(format!("the daemon never took the lease (held by {held:?})").into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let client = tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || run(&["--database-url", &url])
-        })
-        .await??;
-        stdout_of(&client)?;
-
-        let started = Instant::now();
-        let body = loop {
-            let body = tokio::task::spawn_blocking({
-                let addr = addr.clone();
-                move || scrape(&addr)
-            })
-            .await?;
-            if let Some(body) =
-                body.filter(|b| b.contains("strata_projection_events_applied_total{projection=\"content\"}"))
-            {
-                break body;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err("no strata_projection_ metrics were served".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut daemon = Daemon {
+            child,
+            lines,
+            owner: String::new(),
         };
-        assert!(
-            body.contains("strata_projection_position{projection=\"content\"}"),
-            "{body}"
-        );
+        let running = daemon.lines.recv_timeout(Duration::from_secs(30))??;
+        assert!(running.contains(" running"), "{running}");
+        daemon.owner = running.split_whitespace().nth(1).ok_or("no owner")?.to_owned();
+        Ok(daemon)
+    }
 
+    /// SIGTERM it; it must exit 0 and say it stopped.
+    fn terminate(mut self) -> Result<(), BoxError> {
         let killed = Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
+            .args(["-TERM", &self.child.id().to_string()])
             .status()?;
         assert!(killed.success());
-        let status = wait_exit(&mut daemon, Duration::from_secs(30))?;
+        let status = wait_exit(&mut self.child, Duration::from_secs(30))?;
         assert!(status.success(), "{status}");
-        let stopped = lines.recv_timeout(Duration::from_secs(5))??;
+        let stopped = self.lines.recv_timeout(Duration::from_secs(5))??;
         assert!(stopped.contains("stopped"), "{stopped}");
-        Ok::<_, BoxError>(())
+        Ok(())
     }
-    .await;
-    if result.is_err() {
-        let _ = daemon.kill();
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Only a daemon that was not terminated is still running here.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    result
+}
+
+/// Wait until `owner` holds the `content` projection's lease.
+async fn wait_for_lease(pool: &sqlx::PgPool, owner: &str) -> Result<(), BoxError> {
+    let started = Instant::now();
+    loop {
+        let held: Option<String> = sqlx::query_scalar(
+            "SELECT owner FROM strata.projections WHERE name = 'content' AND stage = 'active'",
+        )
+        .fetch_optional(pool)
+        .await?
+        .flatten();
+        if held.as_deref() == Some(owner) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{owner} never took the lease (held by {held:?})").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run the client mode against `url`; its stdout.
+async fn client(url: &str) -> Result<String, BoxError> {
+    let url = url.to_owned();
+    stdout_of(&tokio::task::spawn_blocking(move || run(&["--database-url", &url])).await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_prometheus_metrics_and_stops_on_sigterm() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let daemon = Daemon::start(&url, Some(&addr))?;
+    // Let it take the projection's lease before the client's own daemon
+    // could, so that this process applies the client's events.
+    let pool = sqlx::PgPool::connect(&url).await?;
+    wait_for_lease(&pool, &daemon.owner).await?;
+    client(&url).await?;
+
+    let started = Instant::now();
+    let body = loop {
+        let body = tokio::task::spawn_blocking({
+            let addr = addr.clone();
+            move || scrape(&addr)
+        })
+        .await?;
+        if let Some(body) =
+            body.filter(|b| b.contains("strata_projection_events_applied_total{projection=\"content\"}"))
+        {
+            break body;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("no strata_projection_ metrics were served".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body.contains("strata_projection_position{projection=\"content\"}"),
+        "{body}"
+    );
+    daemon.terminate()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_takes_over_when_the_first_is_terminated() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    let first = Daemon::start(&url, None)?;
+    wait_for_lease(&pool, &first.owner).await?;
+    let second = Daemon::start(&url, None)?;
+    let second_owner = second.owner.clone();
+
+    // The first hands its lease back as it stops; the second takes it.
+    first.terminate()?;
+    wait_for_lease(&pool, &second_owner).await?;
+    let answers_now = answers(&client(&url).await?)?;
+    assert!(answers_now.contains(RUST_TITLES), "{answers_now}");
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT events_applied FROM strata.projections WHERE name = 'content' AND stage = 'active'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert!(applied > 0);
+    wait_for_lease(&pool, &second_owner).await?;
+    second.terminate()
 }
