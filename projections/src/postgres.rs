@@ -646,13 +646,17 @@ async fn run_build(ctx: Context, lease: Lease) {
             continue;
         }
         let started = Instant::now();
-        let result = apply_batch(
+        let result = renewing(
             &ctx,
             &lease,
-            position,
-            &page.events,
-            page.scanned_to,
-            control.skip_event_id,
+            apply_batch(
+                &ctx,
+                &lease,
+                position,
+                &page.events,
+                page.scanned_to,
+                control.skip_event_id,
+            ),
         )
         .await;
         match result {
@@ -701,6 +705,36 @@ async fn run_build(ctx: Context, lease: Lease) {
             }
         }
     }
+}
+
+/// Run `work` (a batch) while a companion task renews the lease every
+/// `lease / 3`, so that a batch slower than the lease is not refused for
+/// that alone. A runner that cannot renew (its lease ran out or was taken)
+/// is still refused at commit.
+async fn renewing<T>(ctx: &Context, lease: &Lease, work: impl Future<Output = T>) -> T {
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _renewer = AbortOnDrop(tokio::spawn({
+        let (ctx, lease) = (ctx.clone(), lease.clone());
+        async move {
+            loop {
+                tokio::time::sleep(ctx.options.lease / 3).await;
+                match heartbeat(&ctx, &lease).await {
+                    Ok(Some(_)) => {}
+                    // Lost: the batch's commit will be refused.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(projection = ctx.name(), error = %e, "could not renew the lease during a batch")
+                    }
+                }
+            }
+        }
+    }));
+    work.await
 }
 
 /// Count a failure of the event at `global_position`; after the last try,

@@ -329,3 +329,25 @@ async fn a_paused_projection_applies_nothing_until_resumed() -> Result<(), BoxEr
     task.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_slower_than_the_lease_still_commits() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let head = append(&store, 2, 30, 1).await?;
+    // 60 events of 10 ms each in one batch: twice the lease.
+    let daemon = PgDaemon::new(store.clone())
+        .with_options(RunnerOptions {
+            lease: Duration::from_millis(300),
+            ..fast_options()
+        })
+        .register(Counts {
+            pause: Some(Duration::from_millis(10)),
+            ..Counts::new("slow")
+        })?;
+    let (stop, task) = spawn_daemon(daemon);
+    postgres::wait_for(store.pool(), "slow", head, Duration::from_secs(20)).await?;
+    assert_exact(store.pool(), "slow", 2, 30).await?;
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}
