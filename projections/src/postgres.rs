@@ -495,7 +495,9 @@ async fn heartbeat(ctx: &Context, lease: &Lease) -> Result<Option<Control>> {
          SET lease_until = clock_timestamp() + $4, heartbeat_at = clock_timestamp()
          WHERE name = $1 AND generation = $2 AND token = $3 AND lease_until > clock_timestamp()
          RETURNING stage, state, position, skip_event_id, reset_requested,
-             (SELECT coalesce(max(global_position), 0) FROM strata.events)",
+             (SELECT coalesce(max(global_position), 0) FROM strata.events),
+             (SELECT extract(epoch FROM clock_timestamp() - e.recorded_at)::float8 FROM strata.events e
+              WHERE e.global_position > strata.projections.position ORDER BY e.global_position LIMIT 1)",
     )
     .bind(ctx.name())
     .bind(lease.generation)
@@ -520,6 +522,8 @@ async fn heartbeat(ctx: &Context, lease: &Lease) -> Result<Option<Control>> {
         metrics::gauge!("strata_projection_head", &labels).set(head as f64);
         metrics::gauge!("strata_projection_lag_positions", &labels)
             .set(head.saturating_sub(control.position) as f64);
+        let age: Option<f64> = row.get(6);
+        metrics::gauge!("strata_projection_lag_seconds", &labels).set(age.unwrap_or(0.0).max(0.0));
         control
     }))
 }

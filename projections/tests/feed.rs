@@ -21,10 +21,12 @@ use strata_projections::Projection;
 use strata_projections::postgres::{self, PgDaemon, PgProjection};
 use strata_store_postgres::testing::{fresh_database, new_event};
 
-/// Counters by name and `projection` label, as the runner reports them.
+/// Counters and gauges by name and `projection` label, as the runner
+/// reports them.
 #[derive(Default)]
 struct Counting {
     counters: Mutex<HashMap<(String, String), Arc<AtomicU64>>>,
+    gauges: Mutex<HashMap<(String, String), Arc<AtomicU64>>>,
 }
 
 impl Counting {
@@ -34,6 +36,21 @@ impl Counting {
             .get(&(name.to_owned(), projection.to_owned()))
             .map_or(0, |c| c.load(Ordering::SeqCst))
     }
+
+    fn gauge(&self, name: &str, projection: &str) -> Option<f64> {
+        let gauges = self.gauges.lock().expect("not poisoned");
+        gauges
+            .get(&(name.to_owned(), projection.to_owned()))
+            .map(|g| f64::from_bits(g.load(Ordering::SeqCst)))
+    }
+}
+
+fn key_of(key: &Key) -> (String, String) {
+    let projection = key
+        .labels()
+        .find(|l| l.key() == "projection")
+        .map_or(String::new(), |l| l.value().to_owned());
+    (key.name().to_owned(), projection)
 }
 
 impl metrics::Recorder for Counting {
@@ -42,20 +59,13 @@ impl metrics::Recorder for Counting {
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
 
     fn register_counter(&self, key: &Key, _: &MetricMetadata<'_>) -> Counter {
-        let projection = key
-            .labels()
-            .find(|l| l.key() == "projection")
-            .map_or(String::new(), |l| l.value().to_owned());
         let mut counters = self.counters.lock().expect("not poisoned");
-        let counter = counters
-            .entry((key.name().to_owned(), projection))
-            .or_default()
-            .clone();
-        Counter::from_arc(counter)
+        Counter::from_arc(counters.entry(key_of(key)).or_default().clone())
     }
 
-    fn register_gauge(&self, _: &Key, _: &MetricMetadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &MetricMetadata<'_>) -> Gauge {
+        let mut gauges = self.gauges.lock().expect("not poisoned");
+        Gauge::from_arc(gauges.entry(key_of(key)).or_default().clone())
     }
 
     fn register_histogram(&self, _: &Key, _: &MetricMetadata<'_>) -> Histogram {
@@ -116,6 +126,20 @@ async fn a_projection_of_one_category_is_fed_only_its_events_and_moves_past_the_
         status[0].position >= head && status[0].lag_events == 0,
         "{status:?}"
     );
+    // The gauges follow at the next lease renewal.
+    let started = std::time::Instant::now();
+    let gauge = |name| recorder.gauge(name, "one_category");
+    while gauge("strata_projection_lag_positions") != Some(0.0) {
+        let lag = gauge("strata_projection_lag_positions");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lag gauge stays at {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gauge("strata_projection_head") >= Some(head as f64));
+    assert!(gauge("strata_projection_position") >= Some(head as f64));
+    assert_eq!(gauge("strata_projection_lag_seconds"), Some(0.0));
 
     stop.send(()).ok();
     task.await??;
