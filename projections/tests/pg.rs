@@ -351,3 +351,31 @@ async fn a_batch_slower_than_the_lease_still_commits() -> Result<(), BoxError> {
     task.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_batch_in_flight_and_hands_the_lease_back() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let head = append(&store, 1, 5, 1).await?;
+    let (gate, stop, task) = gated_daemon(&store, "stopping").await?;
+    // Told to stop while inside its first batch.
+    stop.send(()).ok();
+    let released = tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            loop {
+                gate.release.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(20), task).await???;
+    released.abort();
+    assert_exact(store.pool(), "stopping", 1, 5).await?;
+    let status = postgres::status(store.pool(), Some("stopping")).await?;
+    assert!(status[0].position >= head, "{status:?}");
+    assert_eq!(
+        (status[0].owner.as_deref(), status[0].lease_current),
+        (None, false)
+    );
+    Ok(())
+}
