@@ -95,7 +95,7 @@ mod readme {}
 pub use aggregate::Aggregate;
 pub use bus::{BusConsumer, Delivery, InMemoryBus, MessageBus};
 pub use command::{
-    CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome, Decided,
+    AsOf, CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome, Decided,
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};
