@@ -552,3 +552,92 @@ fn shortened(error: &str) -> String {
         Some((cut, _)) => format!("{}...", &flat[..cut]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str) -> ProjectionStatus {
+        ProjectionStatus {
+            name: name.to_owned(),
+            generation: 1,
+            version: 1,
+            state: "running".to_owned(),
+            stage: "active".to_owned(),
+            position: 10,
+            head: 10,
+            lag_events: 0,
+            lag_seconds: 0.0,
+            events_applied: 3,
+            owner: None,
+            lease_current: false,
+            heartbeat_at: None,
+            fault_event_id: None,
+            fault_position: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_status_row_shows_an_expired_lease_and_a_cut_error_on_one_line() -> Result<(), BoxError> {
+        let now = Utc::now();
+        let event = Uuid::now_v7();
+        let parked = ProjectionStatus {
+            state: "faulted".to_owned(),
+            owner: Some("pid1-abc".to_owned()),
+            heartbeat_at: Some(now - chrono::Duration::milliseconds(12_300)),
+            fault_event_id: Some(event),
+            last_error: Some(format!("line one\nline two {}", "x".repeat(100))),
+            ..status("a_long_projection_name")
+        };
+        let mut out = Vec::new();
+        write_status_table(&mut out, &[status("short"), parked], now)?;
+        let text = String::from_utf8(out)?;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Columns line up under the header.
+        let state = lines[0].find("STATE").ok_or("no STATE")?;
+        assert_eq!(
+            lines[1][state..].split_whitespace().next(),
+            Some("running"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2][state..].split_whitespace().next(),
+            Some("faulted"),
+            "{text}"
+        );
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells[cells.len() - 3..],
+            ["-", "-", "-"],
+            "no owner, lease or error: {text}"
+        );
+        let error = format!(
+            "at event {event}: line one line two {}...",
+            "x".repeat(ERROR_SHOWN - 18)
+        );
+        assert!(
+            lines[2].ends_with(&format!("pid1-abc  expired, beat 12.3s ago  {error}")),
+            "{text}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn long_errors_are_cut_at_a_character() {
+        assert_eq!(shortened("short"), "short");
+        let long = "é".repeat(ERROR_SHOWN + 1);
+        assert_eq!(shortened(&long), format!("{}...", "é".repeat(ERROR_SHOWN)));
+        assert_eq!(shortened(&"é".repeat(ERROR_SHOWN)), "é".repeat(ERROR_SHOWN));
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  --event <ID>\n\nUsage: strata projections skip --event <ID> <NAME>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(rendered),
+            "error: the following required arguments were not provided: --event <ID>"
+        );
+    }
+}
