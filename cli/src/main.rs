@@ -29,7 +29,7 @@
 //! the build's lease obeys at its next batch.
 //!
 //! Errors, wrong arguments included, go to standard error, one line each,
-//! and make the exit status 1.
+//! and make the exit status 1. A missing subcommand shows the help.
 
 use std::error::Error as StdError;
 use std::io::{self, Write};
@@ -37,6 +37,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::StreamExt;
 use strata_core::error::Preview;
@@ -170,7 +171,10 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse().and_then(checked_args) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
+        // Help and version, and the help shown for a missing subcommand.
+        Err(e) if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
         Err(e) => {
             eprintln!("{}", one_line(&e.render().to_string()));
             return ExitCode::FAILURE;
@@ -207,7 +211,7 @@ fn checked_args(cli: Cli) -> Result<Cli, clap::Error> {
         && to < from_version
     {
         return Err(Cli::command().error(
-            clap::error::ErrorKind::ArgumentConflict,
+            ErrorKind::ArgumentConflict,
             format!("--to-version {to} is below --from-version {from_version}"),
         ));
     }

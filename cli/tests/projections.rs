@@ -497,6 +497,21 @@ async fn pause_resume_and_reset_through_the_binary_and_unknown_names_fail() -> R
         let err = strata_fails(&url, &["projections", "skip", "counts"]).await?;
         assert!(err.contains("--event <ID>"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+        // Without a subcommand: the subcommands in one line, or, when
+        // nothing at all was given, the help.
+        let err = strata_fails(&url, &["projections"]).await?;
+        assert_eq!(
+            err,
+            "error: 'strata projections' requires a subcommand but one was not provided \
+             [subcommands: list, status, pause, resume, reset, rebuild, skip, help]\n"
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("projections")
+            .env_remove("DATABASE_URL")
+            .output()?;
+        let help = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success());
+        assert!(help.contains("Usage: strata projections") && help.contains("rebuild"), "{help}");
         let unmigrated = url.replace(&db, "postgres");
         let err = strata_fails(&unmigrated, &["projections", "list"]).await?;
         assert!(err.ends_with("run `strata migrate`\n"), "{err}");
