@@ -70,7 +70,7 @@
 //! ## Feature flags
 //!
 //! - `derive` (default): `#[derive(Event)]`, see [`Event`](trait@Event).
-//! - `testing`: the [`testing`] module: the store contract suite any
+//! - `testing`: the `testing` module: the store contract suite any
 //!   [`EventStore`] can run, and the aggregate test kit (given / when /
 //!   then, and proptest laws over random command sequences).
 
