@@ -1035,7 +1035,7 @@ async fn switch_over(ctx: &Context, lease: &Lease) -> Result<bool> {
 
 /// One build of a projection, as stored: what `strata projections status`
 /// shows.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProjectionStatus {
     /// The projection's name.
     pub name: String,
