@@ -1,35 +1,16 @@
 //! The `strata` operator binary against a fresh database.
 
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Command;
+
+use common::{run, strata, strata_fails};
 use serde_json::json;
 use strata_core::error::BoxError;
 use strata_core::testing::contract::read_all_settled;
 use strata_core::{EventStore, ExpectedVersion, RecordedEvent, StreamId};
 use strata_store_postgres::PgEventStore;
 use strata_store_postgres::testing::{drop_row_check, fresh_database_url, insert_row, new_event};
-
-fn run(url: &str, args: &[&str]) -> Result<Output, BoxError> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .output()?)
-}
-
-fn strata(url: &str, args: &[&str]) -> Result<String, BoxError> {
-    let out = run(url, args)?;
-    if !out.status.success() {
-        return Err(format!("strata {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// Run a command that must fail; its standard error.
-fn strata_fails(url: &str, args: &[&str]) -> Result<String, BoxError> {
-    let out = run(url, args)?;
-    assert!(!out.status.success(), "strata {args:?} must fail");
-    Ok(String::from_utf8(out.stderr)?)
-}
 
 #[tokio::test]
 async fn cli_migrates_then_prints_streams_tail_and_horizon() -> Result<(), BoxError> {
@@ -68,6 +49,107 @@ async fn cli_migrates_then_prints_streams_tail_and_horizon() -> Result<(), BoxEr
     let horizon: serde_json::Value =
         serde_json::from_str(strata(&url, &["events", "horizon", "--json"])?.trim())?;
     assert!(horizon["readable_below"].as_u64().is_some());
+    Ok(())
+}
+
+/// `strata events stream` with `args` added, parsed.
+fn stream_events(url: &str, args: &[&str]) -> Result<Vec<RecordedEvent>, BoxError> {
+    let lines = strata(
+        url,
+        &[&["events", "stream", "--stream", "order-9"], args].concat(),
+    )?;
+    Ok(lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+fn versions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.stream_version).collect()
+}
+
+#[tokio::test]
+async fn cli_stream_prints_the_events_up_to_a_version_or_a_time() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStore::connect(&url).await?;
+    let stream = StreamId::new("order-9")?;
+    // One transaction each, apart in time: each gets its own `recorded_at`.
+    for (i, event_type) in ["Placed", "Paid", "Shipped"].into_iter().enumerate() {
+        let event = new_event(event_type, json!({ "step": i }));
+        store
+            .append(&stream, ExpectedVersion::Exact(i as u64), vec![event])
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let all = stream_events(&url, &[])?;
+    assert_eq!(versions(&all), [1, 2, 3]);
+    let at: Vec<_> = all.iter().map(|e| e.recorded_at).collect();
+    assert!(at[0] < at[1] && at[1] < at[2], "{at:?}");
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+
+    assert_eq!(versions(&stream_events(&url, &["--to-version", "2"])?), [1, 2]);
+    let one = ["--from-version", "2", "--to-version", "2"];
+    assert_eq!(versions(&stream_events(&url, &one)?), [2]);
+    assert_eq!(
+        versions(&stream_events(&url, &["--to-version", "99"])?),
+        [1, 2, 3]
+    );
+
+    // An event recorded at the time counts; a time between two events'
+    // stops before the later one.
+    assert_eq!(
+        versions(&stream_events(&url, &["--as-of", &time(at[1])])?),
+        [1, 2]
+    );
+    let between = at[1] + (at[2] - at[1]) / 2;
+    assert_eq!(
+        versions(&stream_events(&url, &["--as-of", &time(between)])?),
+        [1, 2]
+    );
+    // The same time in another offset.
+    let offset = between.with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).ok_or("offset")?);
+    let in_offset = offset.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    assert_eq!(versions(&stream_events(&url, &["--as-of", &in_offset])?), [1, 2]);
+    let both = ["--to-version", "1", "--as-of", &time(at[2])];
+    assert_eq!(versions(&stream_events(&url, &both)?), [1]);
+    // Before the first event: nothing, and a note why.
+    let before = time(at[0] - chrono::Duration::milliseconds(1));
+    let out = run(
+        &url,
+        &["events", "stream", "--stream", "order-9", "--as-of", &before],
+    )?;
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let note = String::from_utf8(out.stderr)?;
+    assert!(
+        note.starts_with("stream `order-9` has no event from version 1 recorded at or before"),
+        "{note}"
+    );
+
+    let err = strata_fails(
+        &url,
+        &["events", "stream", "--stream", "order-9", "--as-of", "yesterday"],
+    )?;
+    assert!(
+        err.starts_with("error: invalid value 'yesterday' for '--as-of <TIME>'"),
+        "{err}"
+    );
+    assert!(err.contains("RFC 3339"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = strata_fails(
+        &url,
+        &[
+            "events",
+            "stream",
+            "--stream",
+            "order-9",
+            "--from-version",
+            "3",
+            "--to-version",
+            "2",
+        ],
+    )?;
+    assert_eq!(err, "error: --to-version 2 is below --from-version 3\n");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use crate::event::Event;
 ///
 /// `decide` and `apply` are pure: no I/O, no clock, no randomness. That is
 /// what makes an aggregate replayable and testable with the
-/// [test kit](crate::testing) (feature `testing`).
+/// test kit (module `testing`, feature `testing`).
 ///
 /// The state must serialize with serde so it can be snapshotted; bump
 /// [`SNAPSHOT_VERSION`](Aggregate::SNAPSHOT_VERSION) whenever its shape

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -41,6 +42,16 @@ impl Default for CommandHandlerOptions {
             read_batch: 1000,
         }
     }
+}
+
+/// A point in an aggregate's past, for [`CommandHandler::load_as_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AsOf {
+    /// Just after the event at this stream version (0: before the first).
+    Version(u64),
+    /// Just before the first event recorded after this instant.
+    Time(DateTime<Utc>),
 }
 
 /// What a command carries besides itself: its id and the metadata its
@@ -245,37 +256,135 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         self.load_stream(&Self::stream_id(id)?).await
     }
 
+    /// Load aggregate `id` as it was at a past point: the events up to
+    /// that point folded through the same upcasters as
+    /// [`load`](Self::load). Returns the state and the stream version it
+    /// reflects.
+    ///
+    /// - [`AsOf::Version`]`(n)`: the events with versions 1 to `n`. A
+    ///   snapshot is used only if it is at version `n` or below. Version 0
+    ///   is the default state; a version past the stream's end is the state
+    ///   at its end, with that end's version (not an error).
+    /// - [`AsOf::Time`]`(t)`: the events up to the first one recorded after
+    ///   `t` (its [`RecordedEvent::recorded_at`](crate::RecordedEvent)),
+    ///   folded from the start, without snapshots (a snapshot does not say
+    ///   when its last event was recorded). A time before the first event
+    ///   is the default state at version 0.
+    ///
+    /// A missing stream is the default state at version 0, as for `load`;
+    /// a missing version before the point is [`Error::StreamCorrupted`].
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use strata_core::{Aggregate, AsOf, CommandHandler, Event, InMemoryEventStore};
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    /// enum CounterEvent { Added { n: u32 } }
+    ///
+    /// #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    /// struct Counter { total: u32 }
+    ///
+    /// # #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+    /// # #[error("never")]
+    /// # struct Never;
+    /// impl Aggregate for Counter {
+    ///     const TYPE: &'static str = "counter";
+    ///     type Command = u32;
+    ///     type Event = CounterEvent;
+    ///     type Error = Never;
+    ///     fn decide(&self, n: &u32) -> Result<Vec<CounterEvent>, Never> {
+    ///         Ok(vec![CounterEvent::Added { n: *n }])
+    ///     }
+    ///     fn apply(&mut self, CounterEvent::Added { n }: &CounterEvent) { self.total += n }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let handler = CommandHandler::<Counter, _>::new(InMemoryEventStore::new());
+    /// for n in [1, 2, 3] {
+    ///     handler.execute("c1", n).await?;
+    /// }
+    /// let (then, version) = handler.load_as_of("c1", AsOf::Version(2)).await?;
+    /// assert_eq!((then.total, version), (3, 2));
+    /// let (now, version) = handler.load_as_of("c1", AsOf::Time(chrono::Utc::now())).await?;
+    /// assert_eq!((now.total, version), (6, 3));
+    /// # Ok(()) }
+    /// ```
+    pub async fn load_as_of(&self, id: &str, at: AsOf) -> Result<(A, u64), Error> {
+        let stream = Self::stream_id(id)?;
+        match at {
+            AsOf::Version(n) => {
+                let (state, version) = match self.snapshot(&stream).await? {
+                    Some((state, version)) if version <= n => (state, version),
+                    _ => (A::default(), 0),
+                };
+                self.fold(&stream, state, version, Some(at)).await
+            }
+            AsOf::Time(_) => self.fold(&stream, A::default(), 0, Some(at)).await,
+        }
+    }
+
     async fn load_stream(&self, stream: &StreamId) -> Result<(A, u64), Error> {
-        let snapshot = match self.options.snapshot_every {
-            Some(_) => match self.store.load_snapshot(stream).await {
-                Ok(snapshot) => snapshot,
-                // A snapshot is only a shortcut: replay instead.
-                Err(e @ Error::Serialization { .. }) => {
-                    tracing::warn!(stream = %stream, error = %e, "ignoring unreadable snapshot");
-                    None
-                }
-                Err(e) => return Err(e),
-            },
-            None => None,
+        let (state, version) = self.snapshot(stream).await?.unwrap_or_default();
+        self.fold(stream, state, version, None).await
+    }
+
+    /// The state and version of the stream's latest usable snapshot, when
+    /// snapshots are enabled.
+    async fn snapshot(&self, stream: &StreamId) -> Result<Option<(A, u64)>, Error> {
+        if self.options.snapshot_every.is_none() {
+            return Ok(None);
+        }
+        let snapshot = match self.store.load_snapshot(stream).await {
+            Ok(snapshot) => snapshot,
+            // A snapshot is only a shortcut: replay instead.
+            Err(e @ Error::Serialization { .. }) => {
+                tracing::warn!(stream = %stream, error = %e, "ignoring unreadable snapshot");
+                None
+            }
+            Err(e) => return Err(e),
         };
-        let (mut state, mut version) = match snapshot {
+        Ok(match snapshot {
             Some(s) if s.schema_version == A::SNAPSHOT_VERSION => {
                 match serde_json::from_value::<A>(s.state) {
-                    Ok(state) => (state, s.stream_version),
+                    Ok(state) => Some((state, s.stream_version)),
                     Err(e) => {
                         tracing::warn!(stream = %stream, error = %e, "ignoring undecodable snapshot");
-                        (A::default(), 0)
+                        None
                     }
                 }
             }
-            _ => (A::default(), 0),
-        };
+            _ => None,
+        })
+    }
+
+    /// Fold the events after `version` into `state`, up to the end of the
+    /// stream or up to `until`.
+    async fn fold(
+        &self,
+        stream: &StreamId,
+        mut state: A,
+        mut version: u64,
+        until: Option<AsOf>,
+    ) -> Result<(A, u64), Error> {
         // Page by page: a long stream is never held in memory whole.
         let batch = self.options.read_batch.max(1);
         loop {
-            let page = self.store.read_stream(stream, version + 1, batch).await?;
-            let full = page.len() == batch;
+            let wanted = match until {
+                Some(AsOf::Version(last)) if version >= last => break,
+                Some(AsOf::Version(last)) => {
+                    usize::try_from(last - version).map_or(batch, |left| left.min(batch))
+                }
+                _ => batch,
+            };
+            let page = self.store.read_stream(stream, version + 1, wanted).await?;
+            let full = page.len() == wanted;
             for recorded in page {
+                if let Some(AsOf::Time(t)) = until
+                    && recorded.recorded_at > t
+                {
+                    return Ok((state, version));
+                }
                 if recorded.stream_version != version + 1 {
                     return Err(Error::StreamCorrupted {
                         stream: stream.to_string(),

@@ -70,7 +70,7 @@
 //! ## Feature flags
 //!
 //! - `derive` (default): `#[derive(Event)]`, see [`Event`](trait@Event).
-//! - `testing`: the [`testing`] module: the store contract suite any
+//! - `testing`: the `testing` module: the store contract suite any
 //!   [`EventStore`] can run, and the aggregate test kit (given / when /
 //!   then, and proptest laws over random command sequences).
 
@@ -95,7 +95,7 @@ mod readme {}
 pub use aggregate::Aggregate;
 pub use bus::{BusConsumer, Delivery, InMemoryBus, MessageBus};
 pub use command::{
-    CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome, Decided,
+    AsOf, CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome, Decided,
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};

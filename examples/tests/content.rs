@@ -311,7 +311,7 @@ async fn the_daemon_serves_prometheus_metrics_and_stops_on_sigterm() -> Result<(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
-        body.contains("strata_projection_position{projection=\"content\"}"),
+        body.contains("strata_projection_position{projection=\"content\""),
         "{body}"
     );
     daemon.terminate()

@@ -32,8 +32,8 @@
 //! - **Status from the database.** [`postgres::status`] needs no daemon.
 //! - **Rebuilds beside the live model.** A raised version, or a
 //!   [`postgres::rebuild`] request, builds into its own schema while the
-//!   active build serves readers, who are switched over in one step
-//!   (not yet covered by a test).
+//!   active build serves readers, who are switched over in one step once
+//!   it has caught up.
 //!
 //! Events reach the projection upcast to their current schema and decoded,
 //! with their envelope ([`strata_core::Envelope`]).

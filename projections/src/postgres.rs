@@ -494,7 +494,10 @@ async fn heartbeat(ctx: &Context, lease: &Lease) -> Result<Option<Control>> {
         "UPDATE strata.projections
          SET lease_until = clock_timestamp() + $4, heartbeat_at = clock_timestamp()
          WHERE name = $1 AND generation = $2 AND token = $3 AND lease_until > clock_timestamp()
-         RETURNING stage, state, position, skip_event_id, reset_requested",
+         RETURNING stage, state, position, skip_event_id, reset_requested,
+             (SELECT coalesce(max(global_position), 0) FROM strata.events),
+             (SELECT extract(epoch FROM clock_timestamp() - e.recorded_at)::float8 FROM strata.events e
+              WHERE e.global_position > strata.projections.position ORDER BY e.global_position LIMIT 1)",
     )
     .bind(ctx.name())
     .bind(lease.generation)
@@ -502,12 +505,26 @@ async fn heartbeat(ctx: &Context, lease: &Lease) -> Result<Option<Control>> {
     .bind(lease_interval(&ctx.options))
     .fetch_optional(ctx.pool())
     .await?;
-    Ok(row.map(|row| Control {
-        stage: row.get(0),
-        state: row.get(1),
-        position: u64::try_from(row.get::<i64, _>(2)).unwrap_or(0),
-        skip_event_id: row.get(3),
-        reset_requested: row.get(4),
+    Ok(row.map(|row| {
+        let control = Control {
+            stage: row.get(0),
+            state: row.get(1),
+            position: u64::try_from(row.get::<i64, _>(2)).unwrap_or(0),
+            skip_event_id: row.get(3),
+            reset_requested: row.get(4),
+        };
+        let head = u64::try_from(row.get::<i64, _>(5)).unwrap_or(0);
+        let labels = [
+            ("projection", ctx.name().to_owned()),
+            ("generation", lease.generation.to_string()),
+        ];
+        metrics::gauge!("strata_projection_position", &labels).set(control.position as f64);
+        metrics::gauge!("strata_projection_head", &labels).set(head as f64);
+        metrics::gauge!("strata_projection_lag_positions", &labels)
+            .set(head.saturating_sub(control.position) as f64);
+        let age: Option<f64> = row.get(6);
+        metrics::gauge!("strata_projection_lag_seconds", &labels).set(age.unwrap_or(0.0).max(0.0));
+        control
     }))
 }
 
@@ -582,7 +599,11 @@ async fn run_build(ctx: Context, lease: Lease) {
             .read_all_filtered(position, ctx.options.batch_size, ctx.projection.filter())
             .await;
         let page = match page {
-            Ok(page) => page,
+            Ok(page) => {
+                metrics::counter!("strata_projection_events_fetched_total", "projection" => name.clone())
+                    .increment(page.events.len() as u64);
+                page
+            }
             Err(strata_core::Error::UndecodableEvent {
                 event_id,
                 global_position,
@@ -629,13 +650,17 @@ async fn run_build(ctx: Context, lease: Lease) {
             continue;
         }
         let started = Instant::now();
-        let result = apply_batch(
+        let result = renewing(
             &ctx,
             &lease,
-            position,
-            &page.events,
-            page.scanned_to,
-            control.skip_event_id,
+            apply_batch(
+                &ctx,
+                &lease,
+                position,
+                &page.events,
+                page.scanned_to,
+                control.skip_event_id,
+            ),
         )
         .await;
         match result {
@@ -684,6 +709,36 @@ async fn run_build(ctx: Context, lease: Lease) {
             }
         }
     }
+}
+
+/// Run `work` (a batch) while a companion task renews the lease every
+/// `lease / 3`, so that a batch slower than the lease is not refused for
+/// that alone. A runner that cannot renew (its lease ran out or was taken)
+/// is still refused at commit.
+async fn renewing<T>(ctx: &Context, lease: &Lease, work: impl Future<Output = T>) -> T {
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _renewer = AbortOnDrop(tokio::spawn({
+        let (ctx, lease) = (ctx.clone(), lease.clone());
+        async move {
+            loop {
+                tokio::time::sleep(ctx.options.lease / 3).await;
+                match heartbeat(&ctx, &lease).await {
+                    Ok(Some(_)) => {}
+                    // Lost: the batch's commit will be refused.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(projection = ctx.name(), error = %e, "could not renew the lease during a batch")
+                    }
+                }
+            }
+        }
+    }));
+    work.await
 }
 
 /// Count a failure of the event at `global_position`; after the last try,
@@ -803,7 +858,12 @@ async fn apply_batch(
         metrics::counter!("strata_projection_events_applied_total", "projection" => ctx.name().to_owned())
             .increment(applied as u64);
     }
-    metrics::gauge!("strata_projection_position", "projection" => ctx.name().to_owned()).set(to as f64);
+    metrics::gauge!(
+        "strata_projection_position",
+        "projection" => ctx.name().to_owned(),
+        "generation" => lease.generation.to_string()
+    )
+    .set(to as f64);
     Ok(Outcome::Committed)
 }
 
@@ -908,20 +968,31 @@ async fn reset_in_place(ctx: &Context, lease: &Lease) -> Result<()> {
 async fn switch_over(ctx: &Context, lease: &Lease) -> Result<bool> {
     let mut tx = ctx.pool().begin().await?;
     let rows = sqlx::query(
-        "SELECT generation, stage, token, lease_until > clock_timestamp(), schema_name
+        "SELECT generation, stage, token, lease_until > clock_timestamp(), schema_name, position
          FROM strata.projections WHERE name = $1 AND stage IN ('active', 'building')
          ORDER BY generation FOR UPDATE",
     )
     .bind(ctx.name())
     .fetch_all(&mut *tx)
     .await?;
-    let mine = rows.iter().any(|r| {
+    let mine = rows.iter().find(|r| {
         r.get::<i32, _>(0) == lease.generation
             && r.get::<String, _>(1) == "building"
             && r.get::<i64, _>(2) == lease.token
             && r.get::<Option<bool>, _>(3) == Some(true)
     });
-    if !mine {
+    let Some(mine) = mine else {
+        return Ok(false);
+    };
+    // Readers must not go back in time: while the active build is ahead
+    // (writers went on since this build's last page), catch up further.
+    // The active build's row is locked here, so it cannot move on before
+    // this transaction ends, and after it its next batch is refused.
+    let position: i64 = mine.get(5);
+    if rows
+        .iter()
+        .any(|r| r.get::<String, _>(1) == "active" && r.get::<i64, _>(5) > position)
+    {
         return Ok(false);
     }
     let old: Option<String> = rows
@@ -964,7 +1035,7 @@ async fn switch_over(ctx: &Context, lease: &Lease) -> Result<bool> {
 
 /// One build of a projection, as stored: what `strata projections status`
 /// shows.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProjectionStatus {
     /// The projection's name.
     pub name: String,

@@ -77,8 +77,9 @@ pub struct RunnerOptions {
     /// further one (default 100 ms).
     pub retry_backoff: Duration,
     /// How long a runner's lease lasts without renewal (default 10 s). A
-    /// runner renews it at every batch and every `lease / 3` when idle;
-    /// another daemon takes over a projection whose lease ran out.
+    /// runner renews it at every batch, every `lease / 3` while a batch
+    /// runs and when idle; another daemon takes over a projection whose
+    /// lease ran out.
     pub lease: Duration,
 }
 

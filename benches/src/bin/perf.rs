@@ -10,6 +10,14 @@
 //! median rates), `ratio` (the median of the per-round ratios framework /
 //! raw; higher is better) and `ratio_min`/`ratio_max`.
 //!
+//! The projection figures run in a database of their own:
+//! `projection_catch_up` rebuilds a read model (one upsert per event) from
+//! the whole log through the daemon, against a raw sqlx loop doing the same
+//! work (pages below the horizon, the same upserts, a checkpoint update in
+//! each page's transaction); `projection_live_lag_16_writers` reports how
+//! long after an append's commit the read model's commit covers it, while
+//! 16 writers append (p50 and p99; no baseline, no ratio).
+//!
 //! Arguments: `--quick` does a tenth of the work; `--keep` keeps the
 //! database; `--max-concurrent-appends=N` sets the store's option of that
 //! name (its default otherwise); any other argument selects the figures
@@ -18,14 +26,17 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Executor, PgPool};
+use sqlx::{Executor, PgConnection, PgPool};
 use strata_core::testing::fixtures::counter::{Counter, CounterEvent, added};
 use strata_core::{
-    Aggregate, CommandHandler, CommandHandlerOptions, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Snapshot, StreamId, Upcasters,
+    Aggregate, CommandHandler, CommandHandlerOptions, Envelope, EventStore, ExpectedVersion, LogFilter,
+    Metadata, NewEvent, Snapshot, StreamId, Upcasters,
 };
+use strata_projections::postgres::{PgDaemon, PgProjection};
+use strata_projections::{Projection, RunnerOptions};
 use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
 use uuid::Uuid;
 
@@ -701,6 +712,270 @@ impl Bench {
     }
 }
 
+/// The read model both sides of the projection figures build: per stream,
+/// how many events and the sum of what they add.
+const COUNTS_TABLE: &str =
+    "CREATE TABLE counts (stream_id text PRIMARY KEY, n bigint NOT NULL, total bigint NOT NULL)";
+
+const COUNTS_UPSERT: &str = "INSERT INTO counts VALUES ($1, 1, $2)
+    ON CONFLICT (stream_id) DO UPDATE SET n = counts.n + 1, total = counts.total + excluded.total";
+
+/// The framework's side: a projection of every event into `counts`.
+struct BenchCounts {
+    name: String,
+}
+
+impl Projection for BenchCounts {
+    type Event = CounterEvent;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::all()
+    }
+}
+
+#[async_trait]
+impl PgProjection for BenchCounts {
+    async fn setup(&self, tx: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(COUNTS_TABLE).execute(tx).await?;
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, event: &Envelope<CounterEvent>) -> Result<(), BoxError> {
+        let CounterEvent::Added { n, .. } = &event.event;
+        sqlx::query(COUNTS_UPSERT)
+            .bind(event.stream_id.as_str())
+            .bind(*n as i64)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The projection figures' store, in a database of its own, so that the
+/// log holds only what they append.
+struct ProjectionBench {
+    store: PgEventStore,
+    pool: PgPool,
+}
+
+const PROJECTION_BATCH: usize = 500;
+
+impl ProjectionBench {
+    /// `events` counter events over 1,000 streams, appended in batches of 100;
+    /// the last position.
+    async fn fill(&self, events: usize) -> Res<u64> {
+        let mut last = 0;
+        let tag = Uuid::now_v7().simple().to_string();
+        for (i, chunk) in (0..events).collect::<Vec<_>>().chunks(100).enumerate() {
+            let stream = StreamId::for_aggregate("counter", &format!("{tag}-{}", i % 1000))?;
+            let batch: Vec<_> = chunk.iter().map(|n| new_event(*n as u64 % 7 + 1)).collect();
+            let result = self.store.append(&stream, ExpectedVersion::Any, batch).await?;
+            last = last.max(*result.positions.last().expect("positions"));
+        }
+        Ok(last)
+    }
+
+    /// Wait until projection `name` has passed `position`, polling its row
+    /// every millisecond; when it did.
+    async fn reached(&self, name: &str, position: u64) -> Res<Instant> {
+        loop {
+            let at: Option<i64> = sqlx::query_scalar(
+                "SELECT position FROM strata.projections WHERE name = $1 AND stage = 'active'",
+            )
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+            if at.is_some_and(|p| p as u64 >= position) {
+                return Ok(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A daemon running one fresh `BenchCounts`; the stop switch and task.
+    fn daemon(&self, name: &str) -> Res<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+        let daemon = PgDaemon::new(self.store.clone())
+            .with_options(RunnerOptions {
+                batch_size: PROJECTION_BATCH,
+                ..RunnerOptions::default()
+            })
+            .register(BenchCounts {
+                name: name.to_owned(),
+            })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = daemon
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok((stop, task))
+    }
+
+    /// The raw loop: pages of the log below the horizon, in position order,
+    /// each decoded, upserted and checkpointed in one transaction.
+    async fn raw_catch_up(&self, schema: &str) -> Res<Sample> {
+        self.pool
+            .execute(
+                format!(
+                    "CREATE SCHEMA {schema}; SET search_path = {schema};
+                     {COUNTS_TABLE}; CREATE TABLE checkpoint (position bigint NOT NULL);
+                     INSERT INTO checkpoint VALUES (0); RESET search_path"
+                )
+                .as_str(),
+            )
+            .await?;
+        let start = Instant::now();
+        let mut after = 0i64;
+        let mut n = 0u64;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT set_config('search_path', $1, true)")
+                .bind(schema)
+                .execute(&mut *tx)
+                .await?;
+            let rows: Vec<RawLogRow> = sqlx::query_as(
+                "SELECT global_position, stream_id, stream_version, event_id, event_type, schema_version,
+                     payload, metadata, recorded_at FROM strata.events
+                 WHERE global_position > $1
+                   AND global_position < pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20
+                 ORDER BY global_position LIMIT $2",
+            )
+            .bind(after)
+            .bind(PROJECTION_BATCH as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last().map(|r| r.0) else {
+                break;
+            };
+            for row in &rows {
+                let CounterEvent::Added { n, .. } = serde_json::from_value(json!({ &row.4: &row.6 }))?;
+                sqlx::query(COUNTS_UPSERT)
+                    .bind(&row.1)
+                    .bind(n as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("UPDATE checkpoint SET position = $1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            n += rows.len() as u64;
+            after = last;
+        }
+        Ok(Sample {
+            ops: n,
+            elapsed: start.elapsed(),
+            latencies: Vec::new(),
+        })
+    }
+
+    /// The framework: a new projection, through the daemon, from 0 to `head`.
+    async fn framework_catch_up(&self, name: &str, head: u64, events: usize) -> Res<Sample> {
+        let start = Instant::now();
+        let (stop, task) = self.daemon(name)?;
+        let done = self.reached(name, head).await?;
+        let _ = stop.send(());
+        task.await?;
+        Ok(Sample {
+            ops: events as u64,
+            elapsed: done - start,
+            latencies: Vec::new(),
+        })
+    }
+
+    async fn catch_up(&self, events: usize) -> Res<Rounds> {
+        let head = self.fill(events).await?;
+        sqlx::query("ANALYZE strata.events").execute(&self.pool).await?;
+        let mut rounds = Rounds::default();
+        for round in 0..ROUNDS {
+            let (raw_schema, name) = (format!("raw_{round}"), format!("catch_up_{round}"));
+            let raw = self.raw_catch_up(&raw_schema);
+            let fw = self.framework_catch_up(&name, head, events);
+            rounds.run(raw, fw).await?;
+        }
+        Ok(rounds)
+    }
+
+    /// Milliseconds from each append's commit to the read model's commit
+    /// covering it, with `writers` appending single events.
+    async fn live_lag(&self, writers: usize, per_writer: usize) -> Res<Vec<f64>> {
+        let name = "live_lag";
+        let (stop, task) = self.daemon(name)?;
+        // Caught up with what is there first.
+        let current: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM strata.events")
+            .fetch_one(&self.pool)
+            .await?;
+        self.reached(name, current as u64).await?;
+        // A poller notes when the projection's position moves.
+        let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let poller = tokio::spawn({
+            let (pool, polling) = (self.pool.clone(), polling.clone());
+            async move {
+                let mut seen: Vec<(Instant, u64)> = Vec::new();
+                while polling.load(std::sync::atomic::Ordering::SeqCst) {
+                    let at: i64 = sqlx::query_scalar(
+                        "SELECT position FROM strata.projections WHERE name = 'live_lag' AND stage = 'active'",
+                    )
+                    .fetch_one(&pool)
+                    .await?;
+                    if seen.last().is_none_or(|(_, p)| *p != at as u64) {
+                        seen.push((Instant::now(), at as u64));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok::<_, BoxError>(seen)
+            }
+        });
+        let tag = Uuid::now_v7().simple().to_string();
+        let appenders: Vec<_> = (0..writers)
+            .map(|w| {
+                let store = self.store.clone();
+                let stream = StreamId::for_aggregate("counter", &format!("live-{tag}-{w}"));
+                tokio::spawn(async move {
+                    let stream = stream?;
+                    let mut committed = Vec::with_capacity(per_writer);
+                    for i in 0..per_writer {
+                        let result = store
+                            .append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)])
+                            .await?;
+                        committed.push((result.positions[0], Instant::now()));
+                    }
+                    Ok::<_, BoxError>(committed)
+                })
+            })
+            .collect();
+        let mut committed = Vec::new();
+        for a in appenders {
+            committed.extend(a.await??);
+        }
+        let last = committed.iter().map(|c| c.0).max().unwrap_or(0);
+        self.reached(name, last).await?;
+        polling.store(false, std::sync::atomic::Ordering::SeqCst);
+        let seen = poller.await??;
+        let _ = stop.send(());
+        task.await?;
+        let mut lags: Vec<f64> = committed
+            .iter()
+            .map(|(position, at)| {
+                let covered = seen
+                    .iter()
+                    .find(|(_, p)| p >= position)
+                    .map_or(*at, |(when, _)| *when);
+                covered.saturating_duration_since(*at).as_secs_f64() * 1000.0
+            })
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        Ok(lags)
+    }
+}
+
 #[tokio::main]
 async fn main() -> Res<()> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set; run scripts/bench")?;
@@ -803,11 +1078,62 @@ async fn main() -> Res<()> {
     }
 
     drop(bench);
+
+    let projection_db = format!("{db}_projections");
+    if wanted("projection_") {
+        admin
+            .execute(format!("CREATE DATABASE {projection_db}").as_str())
+            .await?;
+        let url = match db_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{projection_db}"),
+            None => return Err("DATABASE_URL has no database name".into()),
+        };
+        let store = PgEventStoreOptions::new(url.clone())
+            .max_connections(20)
+            .connect()
+            .await?;
+        store.migrate().await?;
+        let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+        let bench = ProjectionBench { store, pool };
+        if wanted("projection_catch_up") {
+            let events = 20_000 / scale;
+            let rounds = bench.catch_up(events).await?;
+            let extra = json!({
+                "events": events,
+                "batch": PROJECTION_BATCH,
+                "baseline": "a sqlx loop: pages below the horizon, the same upserts, a checkpoint per page",
+            });
+            report("projection_catch_up", "events/s", &rounds, extra);
+        }
+        if wanted("projection_live_lag_16_writers") {
+            let per_writer = 200 / scale;
+            let lags = bench.live_lag(16, per_writer).await?;
+            let at = |p: f64| round3(lags[((lags.len() as f64 - 1.0) * p).round() as usize]);
+            println!(
+                "{}",
+                json!({
+                    "name": "projection_live_lag_16_writers",
+                    "unit": "ms",
+                    "durable": DURABLE.get().copied().unwrap_or(false),
+                    "p50_ms": at(0.5),
+                    "p99_ms": at(0.99),
+                    "max_ms": at(1.0),
+                    "events": lags.len(),
+                    "measured": "append commit to the read model's commit, its position polled every millisecond",
+                })
+            );
+        }
+        drop(bench);
+    }
+
     if std::env::args().any(|a| a == "--keep") {
         eprintln!("perf: kept database {db}");
     } else {
         admin
             .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())
+            .await?;
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {projection_db} WITH (FORCE)").as_str())
             .await?;
     }
     Ok(())
