@@ -28,10 +28,16 @@
 //!   [`ProjectionControl::skipped`]), or [resets](ProjectionControl::reset).
 //! - **Read your writes.** [`ReadModel::wait_for`] waits until the model
 //!   has passed the position of an append.
-//! - **Metrics**, labelled `projection`: `strata_projection_events_applied_total`,
-//!   `strata_projection_errors_total`, `strata_projection_position`,
-//!   `strata_projection_lag_events` (wanted events behind, counted at most
-//!   once a second while behind) and `strata_projection_batch_seconds`.
+//! - **Metrics**, labelled `projection`, named as the PostgreSQL runner's:
+//!   the counters `strata_projection_events_applied_total`,
+//!   `strata_projection_events_fetched_total` and
+//!   `strata_projection_errors_total`, the histogram
+//!   `strata_projection_batch_seconds`, and the gauges
+//!   `strata_projection_position`, `strata_projection_head`,
+//!   `strata_projection_lag_positions`, `strata_projection_lag_events`
+//!   (wanted events behind) and `strata_projection_lag_seconds` (age of the
+//!   oldest wanted event behind). The lag gauges are counted by reading the
+//!   log after the position, at most once a second while behind.
 //!
 //! The model lives as long as the daemon's process: each start builds it
 //! from position 0 (so [`Projection::version`] and [`RunnerOptions::lease`]

@@ -813,5 +813,16 @@ async fn the_runner_publishes_its_metrics_by_projection() -> Result<(), BoxError
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(status.lag_events > 4, "{status:?}");
+    assert_eq!(value("strata_projection_head"), Some(status.head as f64));
+    assert_eq!(
+        value("strata_projection_lag_positions"),
+        Some((status.head - status.position) as f64)
+    );
+    assert!(value("strata_projection_lag_seconds").is_some_and(|s| s >= 0.0));
+    let fetched = value("strata_projection_events_fetched_total").unwrap_or(0.0);
+    assert!(
+        fetched >= status.events_applied as f64 + 1.0,
+        "the poison event is fetched too: {fetched}"
+    );
     stop(stop_tx, task).await
 }

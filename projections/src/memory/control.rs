@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use strata_core::{EventStore, LogFilter};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -58,6 +59,8 @@ pub struct MemoryStatus {
     pub head: u64,
     /// Wanted events after `position`.
     pub lag_events: u64,
+    /// Age of the oldest wanted event after `position`, in seconds.
+    pub lag_seconds: f64,
     /// Events applied since the runner started or was last reset.
     pub events_applied: u64,
     /// The event it is parked at, when faulted.
@@ -103,11 +106,31 @@ pub(crate) struct ControlState {
     pub(crate) skipped: Vec<SkippedEvent>,
 }
 
+/// What a projection has still to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lag {
+    /// Wanted events after the position.
+    pub(crate) events: u64,
+    /// The last position of the log.
+    pub(crate) head: u64,
+    /// When the first of those events was recorded.
+    pub(crate) oldest: Option<DateTime<Utc>>,
+}
+
+impl Lag {
+    /// Age of the oldest wanted event not applied, in seconds (0 if none).
+    pub(crate) fn seconds(&self) -> f64 {
+        self.oldest
+            .map_or(0.0, |t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0)
+            .max(0.0)
+    }
+}
+
 /// Counts what a projection has still to read; erases the store's type.
 #[async_trait]
 pub(crate) trait LagReader: Send + Sync {
-    /// Wanted events after `position`, and the last position of the log.
-    async fn lag(&self, position: u64) -> Result<(u64, u64)>;
+    /// The lag of a projection at `position`.
+    async fn lag(&self, position: u64) -> Result<Lag>;
 }
 
 /// A store and a filter: the lag of one projection.
@@ -121,22 +144,35 @@ const LAG_PAGE: usize = 10_000;
 
 #[async_trait]
 impl<S: EventStore> LagReader for StoreLag<S> {
-    async fn lag(&self, position: u64) -> Result<(u64, u64)> {
-        let (mut lag, mut at) = (0u64, position);
+    async fn lag(&self, position: u64) -> Result<Lag> {
+        let mut lag = Lag {
+            events: 0,
+            head: position,
+            oldest: None,
+        };
         loop {
-            match self.store.read_all_filtered(at, LAG_PAGE, &self.filter).await {
+            match self
+                .store
+                .read_all_filtered(lag.head, LAG_PAGE, &self.filter)
+                .await
+            {
                 Ok(page) => {
-                    lag += page.events.len() as u64;
-                    let moved = page.scanned_to > at;
-                    at = at.max(page.scanned_to);
+                    lag.events += page.events.len() as u64;
+                    if lag.oldest.is_none() {
+                        lag.oldest = page.events.first().map(|e| e.recorded_at);
+                    }
+                    let moved = page.scanned_to > lag.head;
+                    lag.head = lag.head.max(page.scanned_to);
                     if page.reached_end || !moved {
-                        return Ok((lag, at));
+                        return Ok(lag);
                     }
                 }
                 // It stands in for its event, which the projection will meet.
-                Err(strata_core::Error::UndecodableEvent { global_position, .. }) if global_position > at => {
-                    lag += 1;
-                    at = global_position;
+                Err(strata_core::Error::UndecodableEvent { global_position, .. })
+                    if global_position > lag.head =>
+                {
+                    lag.events += 1;
+                    lag.head = global_position;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -172,7 +208,7 @@ impl Control {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) async fn lag(&self, position: u64) -> Result<(u64, u64)> {
+    pub(crate) async fn lag(&self, position: u64) -> Result<Lag> {
         self.lag.lag(position).await
     }
 }
@@ -212,6 +248,7 @@ impl ProjectionControl {
                 position: st.position,
                 head: st.position,
                 lag_events: 0,
+                lag_seconds: 0.0,
                 events_applied: st.events_applied,
                 fault_event_id: st.fault.as_ref().map(|f| f.event_id),
                 fault_position: st.fault.as_ref().map(|f| f.position),
@@ -219,9 +256,10 @@ impl ProjectionControl {
             };
             (status, st.position)
         };
-        let (lag, head) = self.inner.lag(position).await?;
-        status.lag_events = lag;
-        status.head = head.max(position);
+        let lag = self.inner.lag(position).await?;
+        status.lag_events = lag.events;
+        status.lag_seconds = lag.seconds();
+        status.head = lag.head.max(position);
         Ok(status)
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::MemoryProjection;
-use super::control::{Control, ControlState, Fault, ModelSnapshot, RunState, SkippedEvent};
+use super::control::{Control, ControlState, Fault, Lag, ModelSnapshot, RunState, SkippedEvent};
 use crate::projection::RunnerOptions;
 
 /// How often, at most, the lag gauge is counted while behind.
@@ -105,7 +105,11 @@ impl<S: EventStore + Clone, P: MemoryProjection> Runner<S, P> {
                 .read_all_filtered(position, self.options.batch_size.max(1), &self.filter)
                 .await;
             let page = match page {
-                Ok(page) => page,
+                Ok(page) => {
+                    metrics::counter!("strata_projection_events_fetched_total", "projection" => self.name().to_owned())
+                        .increment(page.events.len() as u64);
+                    page
+                }
                 Err(strata_core::Error::UndecodableEvent {
                     event_id,
                     global_position,
@@ -360,22 +364,34 @@ impl<S: EventStore + Clone, P: MemoryProjection> Runner<S, P> {
         Some((event_id, attempts))
     }
 
-    /// Set the lag gauge: 0 when caught up, else counted, at most every
-    /// [`LAG_EVERY`].
+    /// Set the lag gauges (`strata_projection_head`, `_lag_events`,
+    /// `_lag_positions`, `_lag_seconds`): nothing behind when caught up,
+    /// else counted, at most every [`LAG_EVERY`].
     async fn count_lag(&self, position: u64, caught_up: bool, last: &mut Option<Instant>) {
-        let gauge = metrics::gauge!("strata_projection_lag_events", "projection" => self.name().to_owned());
-        if caught_up {
-            gauge.set(0.0);
-            *last = Some(Instant::now());
-            return;
-        }
-        if last.is_some_and(|t| t.elapsed() < LAG_EVERY) {
-            return;
-        }
+        let lag = if caught_up {
+            Lag {
+                events: 0,
+                head: position,
+                oldest: None,
+            }
+        } else {
+            if last.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+                return;
+            }
+            match self.control.lag(position).await {
+                Ok(lag) => lag,
+                Err(e) => {
+                    tracing::debug!(projection = self.name(), error = %e, "could not count the lag");
+                    return;
+                }
+            }
+        };
         *last = Some(Instant::now());
-        match self.control.lag(position).await {
-            Ok((lag, _)) => gauge.set(lag as f64),
-            Err(e) => tracing::debug!(projection = self.name(), error = %e, "could not count the lag"),
-        }
+        let name = self.name().to_owned();
+        metrics::gauge!("strata_projection_head", "projection" => name.clone()).set(lag.head as f64);
+        metrics::gauge!("strata_projection_lag_events", "projection" => name.clone()).set(lag.events as f64);
+        metrics::gauge!("strata_projection_lag_positions", "projection" => name.clone())
+            .set(lag.head.saturating_sub(position) as f64);
+        metrics::gauge!("strata_projection_lag_seconds", "projection" => name).set(lag.seconds());
     }
 }
