@@ -23,8 +23,8 @@ fn example() -> Result<PathBuf, BoxError> {
     let path = profile_dir.join("examples").join("content");
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).map_err(|e| {
         format!(
-            "{}: {e}: build it with `cargo build --example content` (`cargo test` builds it, \
-             `cargo test --test content` does not)",
+            "{}: {e}: build it with `cargo build --example content` (`cargo test` builds it; \
+             `cargo test --all-targets` and `cargo test --test content` do not)",
             path.display()
         )
     })?;
