@@ -16,7 +16,9 @@
 //! work (pages below the horizon, the same upserts, a checkpoint update in
 //! each page's transaction); `projection_live_lag_16_writers` reports how
 //! long after an append's commit the read model's commit covers it, while
-//! 16 writers append (p50 and p99; no baseline, no ratio).
+//! 16 writers append as fast as they can (p50 and p99; no baseline, no
+//! ratio), and `..._paced` the same with each writer appending once every
+//! 10 ms.
 //!
 //! Arguments: `--quick` does a tenth of the work; `--keep` keeps the
 //! database; `--max-concurrent-appends=N` sets the store's option of that
@@ -904,9 +906,15 @@ impl ProjectionBench {
     }
 
     /// Milliseconds from each append's commit to the read model's commit
-    /// covering it, with `writers` appending single events.
-    async fn live_lag(&self, writers: usize, per_writer: usize) -> Res<Vec<f64>> {
-        let name = "live_lag";
+    /// covering it, with `writers` appending single events, each as fast as
+    /// it can or one every `pace`.
+    async fn live_lag(
+        &self,
+        name: &str,
+        writers: usize,
+        per_writer: usize,
+        pace: Option<Duration>,
+    ) -> Res<Vec<f64>> {
         let (stop, task) = self.daemon(name)?;
         // Caught up with what is there first.
         let current: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM strata.events")
@@ -916,13 +924,14 @@ impl ProjectionBench {
         // A poller notes when the projection's position moves.
         let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let poller = tokio::spawn({
-            let (pool, polling) = (self.pool.clone(), polling.clone());
+            let (pool, polling, name) = (self.pool.clone(), polling.clone(), name.to_owned());
             async move {
                 let mut seen: Vec<(Instant, u64)> = Vec::new();
                 while polling.load(std::sync::atomic::Ordering::SeqCst) {
                     let at: i64 = sqlx::query_scalar(
-                        "SELECT position FROM strata.projections WHERE name = 'live_lag' AND stage = 'active'",
+                        "SELECT position FROM strata.projections WHERE name = $1 AND stage = 'active'",
                     )
+                    .bind(&name)
                     .fetch_one(&pool)
                     .await?;
                     if seen.last().is_none_or(|(_, p)| *p != at as u64) {
@@ -946,6 +955,9 @@ impl ProjectionBench {
                             .append(&stream, ExpectedVersion::Exact(i as u64), vec![new_event(1)])
                             .await?;
                         committed.push((result.positions[0], Instant::now()));
+                        if let Some(pace) = pace {
+                            tokio::time::sleep(pace).await;
+                        }
                     }
                     Ok::<_, BoxError>(committed)
                 })
@@ -1080,7 +1092,12 @@ async fn main() -> Res<()> {
     drop(bench);
 
     let projection_db = format!("{db}_projections");
-    if wanted("projection_") {
+    let projection_figures = [
+        "projection_catch_up",
+        "projection_live_lag_16_writers",
+        "projection_live_lag_16_writers_paced",
+    ];
+    if projection_figures.iter().any(|f| wanted(f)) {
         admin
             .execute(format!("CREATE DATABASE {projection_db}").as_str())
             .await?;
@@ -1105,20 +1122,31 @@ async fn main() -> Res<()> {
             });
             report("projection_catch_up", "events/s", &rounds, extra);
         }
-        if wanted("projection_live_lag_16_writers") {
+        for (figure, pace) in [
+            ("projection_live_lag_16_writers", None),
+            (
+                "projection_live_lag_16_writers_paced",
+                Some(Duration::from_millis(10)),
+            ),
+        ] {
+            if !wanted(figure) {
+                continue;
+            }
             let per_writer = 200 / scale;
-            let lags = bench.live_lag(16, per_writer).await?;
+            let lags = bench.live_lag(figure, 16, per_writer, pace).await?;
             let at = |p: f64| round3(lags[((lags.len() as f64 - 1.0) * p).round() as usize]);
             println!(
                 "{}",
                 json!({
-                    "name": "projection_live_lag_16_writers",
+                    "name": figure,
                     "unit": "ms",
                     "durable": DURABLE.get().copied().unwrap_or(false),
                     "p50_ms": at(0.5),
                     "p99_ms": at(0.99),
                     "max_ms": at(1.0),
                     "events": lags.len(),
+                    "writers": 16,
+                    "pace_ms": pace.map(|p| p.as_millis() as u64),
                     "measured": "append commit to the read model's commit, its position polled every millisecond",
                 })
             );
