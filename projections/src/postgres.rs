@@ -172,17 +172,36 @@ impl PgDaemon {
 
     /// Run every registered projection until `shutdown` completes; then
     /// finish the batches in flight, hand the leases back and return.
+    ///
+    /// First each projection's builds are registered; a projection whose
+    /// [`setup`](PgProjection::setup) fails there ends the run at once
+    /// with [`ProjectionError::Setup`] (a missing extension, say, is not
+    /// worth retrying). Other failures, such as a database that cannot be
+    /// reached, are retried while the daemon runs.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut supervisors = JoinSet::new();
-        for projection in &self.projections {
-            let ctx = Context {
+        let contexts: Vec<Context> = self
+            .projections
+            .iter()
+            .map(|projection| Context {
                 store: self.store.clone(),
                 options: self.options.clone(),
                 owner: self.owner.clone(),
                 projection: projection.clone(),
                 stop: stop_rx.clone(),
-            };
+            })
+            .collect();
+        for ctx in &contexts {
+            match ensure_builds(ctx).await {
+                Err(e @ ProjectionError::Setup { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(projection = ctx.name(), error = %e, "could not register the projection's builds yet")
+                }
+                Ok(_) => {}
+            }
+        }
+        let mut supervisors = JoinSet::new();
+        for ctx in contexts {
             supervisors.spawn(supervise(ctx));
         }
         shutdown.await;

@@ -379,3 +379,50 @@ async fn shutdown_finishes_the_batch_in_flight_and_hands_the_lease_back() -> Res
     );
     Ok(())
 }
+
+/// A projection whose tables cannot be created.
+struct Unready;
+
+impl strata_projections::Projection for Unready {
+    type Event = strata_core::testing::fixtures::counter::CounterEvent;
+
+    fn name(&self) -> &str {
+        "unready"
+    }
+}
+
+#[async_trait::async_trait]
+impl strata_projections::postgres::PgProjection for Unready {
+    async fn setup(&self, tx: &mut sqlx::PgConnection) -> Result<(), BoxError> {
+        sqlx::query("CREATE TABLE t (x no_such_type)").execute(tx).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::PgConnection,
+        _: &strata_core::Envelope<strata_core::testing::fixtures::counter::CounterEvent>,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_whose_setup_fails_ends_the_run_with_a_typed_error() -> Result<(), BoxError> {
+    let (store, _db) = fresh_database().await?;
+    let daemon = PgDaemon::new(store.clone())
+        .with_options(fast_options())
+        .register(Counts::new("fine"))?
+        .register(Unready)?;
+    let ended = tokio::time::timeout(Duration::from_secs(20), daemon.run(std::future::pending())).await?;
+    match ended {
+        Err(ProjectionError::Setup { name, source }) => {
+            assert_eq!(name, "unready");
+            assert!(source.to_string().contains("no_such_type"), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let names = postgres::names(store.pool()).await?;
+    assert_eq!(names, ["fine"], "nothing of the failed setup is stored");
+    Ok(())
+}
