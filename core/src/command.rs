@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -11,9 +12,15 @@ use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Preview};
+use crate::event::RecordedEvent;
 use crate::event::{Envelope, Event, MAX_JSON_DEPTH, Metadata, NewEvent, StreamId, json_depth};
 use crate::store::{CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot};
 use crate::upcast::Upcasters;
+
+mod cache;
+
+use cache::AggregateCache;
+pub use cache::{CacheOptions, CacheStats};
 
 /// Tuning of a [`CommandHandler`].
 #[derive(Debug, Clone)]
@@ -30,6 +37,24 @@ pub struct CommandHandlerOptions {
     pub snapshot_every: Option<u64>,
     /// Page size when reading a stream.
     pub read_batch: usize,
+    /// Keep the last known state and version of each stream in memory,
+    /// within these bounds, and decide commands on it instead of loading
+    /// the stream each time. Default `None`: off.
+    ///
+    /// A command decides on the cached state and appends at the cached
+    /// version; if the store refuses that version (another handler or
+    /// process appended meanwhile), the handler reads only the events after
+    /// it, folds them on, and decides again (a retry, with the same budget
+    /// and back-off as without the cache). Before an outcome that appends
+    /// nothing (a refusal, or no change) is returned or recorded, the
+    /// events after the cached version are read the same way, since no
+    /// append checks it. [`load`](CommandHandler::load) and
+    /// [`decide`](CommandHandler::decide) start from the cached state and
+    /// read the events after it, so they never return a state behind
+    /// what a load without the cache would. The cache is shared by every
+    /// clone of the handler; [`CommandHandler::cache_stats`] counts what it
+    /// did. A failure of the store drops the stream's entry.
+    pub cache: Option<CacheOptions>,
 }
 
 impl Default for CommandHandlerOptions {
@@ -40,6 +65,7 @@ impl Default for CommandHandlerOptions {
             max_backoff: Duration::from_millis(250),
             snapshot_every: None,
             read_batch: 1000,
+            cache: None,
         }
     }
 }
@@ -183,12 +209,18 @@ impl<E: std::error::Error + 'static> CommandError<E> {
 /// stream, command id and correlation id. The append is guarded by the
 /// version that was loaded; on a conflict the aggregate is reloaded and the
 /// command decided again, up to [`CommandHandlerOptions::max_retries`]
-/// times with exponential back-off.
+/// times with exponential back-off. With the aggregate cache
+/// ([`CommandHandlerOptions::cache`], off by default), commands decide on
+/// the cached state instead, and a conflict reads only the events after
+/// the cached version.
+///
+/// Clones share the store, the options and the cache.
 #[derive(Debug, Clone)]
 pub struct CommandHandler<A, S> {
     store: S,
     upcasters: Upcasters,
     options: CommandHandlerOptions,
+    cache: Option<AggregateCache<A>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -232,6 +264,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         Ok(CommandHandler {
             store,
             upcasters,
+            cache: options.cache.map(AggregateCache::new),
             options,
             _aggregate: PhantomData,
         })
@@ -240,6 +273,12 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     /// The store this handler writes to.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// What the aggregate cache did so far, for this handler and its
+    /// clones; `None` when the cache is off ([`CommandHandlerOptions::cache`]).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(AggregateCache::stats)
     }
 
     /// The stream of aggregate `id`.
@@ -252,8 +291,17 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     /// version it reflects. A version missing from the stored stream is
     /// [`Error::StreamCorrupted`]: folding on past it would give a wrong
     /// state.
+    ///
+    /// With the aggregate cache on, a cached stream is read only after its
+    /// cached version (one read, usually empty), and the state returned is
+    /// cached.
     pub async fn load(&self, id: &str) -> Result<(A, u64), Error> {
-        self.load_stream(&Self::stream_id(id)?).await
+        let stream = Self::stream_id(id)?;
+        if self.cache.is_none() {
+            return self.load_stream(&stream).await;
+        }
+        let (state, version) = self.current(&stream).await?;
+        Ok((Arc::unwrap_or_clone(state), version))
     }
 
     /// Load aggregate `id` as it was at a past point: the events up to
@@ -385,23 +433,100 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 {
                     return Ok((state, version));
                 }
-                if recorded.stream_version != version + 1 {
-                    return Err(Error::StreamCorrupted {
-                        stream: stream.to_string(),
-                        missing_version: version + 1,
-                    });
-                }
-                version = recorded.stream_version;
-                let event: A::Event =
-                    self.upcasters
-                        .decode(&recorded.event_type, recorded.schema_version, recorded.payload)?;
-                state.apply(&event);
+                self.apply_recorded(stream, &mut state, &mut version, recorded)?;
             }
             if !full {
                 break;
             }
         }
         Ok((state, version))
+    }
+
+    /// Fold `recorded`, the event after `version`, into `state`.
+    fn apply_recorded(
+        &self,
+        stream: &StreamId,
+        state: &mut A,
+        version: &mut u64,
+        recorded: RecordedEvent,
+    ) -> Result<(), Error> {
+        if recorded.stream_version != *version + 1 {
+            return Err(Error::StreamCorrupted {
+                stream: stream.to_string(),
+                missing_version: *version + 1,
+            });
+        }
+        *version = recorded.stream_version;
+        let event: A::Event =
+            self.upcasters
+                .decode(&recorded.event_type, recorded.schema_version, recorded.payload)?;
+        state.apply(&event);
+        Ok(())
+    }
+
+    /// The state to decide on and its version: the cached one, not checked
+    /// against the store (`fresh` false), or else the stream loaded (and
+    /// cached, with the cache on).
+    async fn lookup(&self, stream: &StreamId) -> Result<(Arc<A>, u64, bool), Error> {
+        let Some(cache) = &self.cache else {
+            let (state, version) = self.load_stream(stream).await?;
+            return Ok((Arc::new(state), version, true));
+        };
+        if let Some((state, version)) = cache.get(stream) {
+            return Ok((state, version, false));
+        }
+        let (state, version) = self.load_stream(stream).await?;
+        let state = Arc::new(state);
+        cache.put(stream, Arc::clone(&state), version);
+        Ok((state, version, true))
+    }
+
+    /// The stream's current state and version, from the cache when it holds
+    /// the stream (then caught up with the store).
+    async fn current(&self, stream: &StreamId) -> Result<(Arc<A>, u64), Error> {
+        let (state, version, fresh) = self.lookup(stream).await?;
+        if fresh {
+            return Ok((state, version));
+        }
+        self.catch_up(stream, state, version).await
+    }
+
+    /// Bring `state` at `version` up to date, reading only the events after
+    /// it (after the cached version if that is later), and cache the
+    /// result.
+    async fn catch_up(&self, stream: &StreamId, state: Arc<A>, version: u64) -> Result<(Arc<A>, u64), Error> {
+        let (mut state, mut version, behind) = match self.cache.as_ref().and_then(|c| c.peek(stream)) {
+            Some((cached, cached_version)) if cached_version > version => (cached, cached_version, true),
+            _ => (state, version, false),
+        };
+        let batch = self.options.read_batch.max(1);
+        let page = self.store.read_stream(stream, version + 1, batch).await?;
+        if !page.is_empty() {
+            let full = page.len() == batch;
+            let mut owned = Arc::unwrap_or_clone(state);
+            for recorded in page {
+                self.apply_recorded(stream, &mut owned, &mut version, recorded)?;
+            }
+            if full {
+                (owned, version) = self.fold(stream, owned, version, None).await?;
+            }
+            state = Arc::new(owned);
+        } else if !behind {
+            return Ok((state, version));
+        }
+        if let Some(cache) = &self.cache {
+            cache.count_stale_refresh();
+            cache.put(stream, Arc::clone(&state), version);
+        }
+        Ok((state, version))
+    }
+
+    /// Drop the cached state of `stream`, after a failure that leaves it in
+    /// doubt.
+    fn forget(&self, stream: &StreamId) {
+        if let Some(cache) = &self.cache {
+            cache.remove(stream);
+        }
     }
 
     /// Run `command` against aggregate `id` with a fresh command id.
@@ -431,9 +556,14 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             command_id = %command_id,
             correlation_id = %correlation_id,
         );
-        self.run(stream, command, command_id, explicit_id, metadata)
+        let outcome = self
+            .run(&stream, command, command_id, explicit_id, metadata)
             .instrument(span)
-            .await
+            .await;
+        if let Err(CommandError::Store(_)) = &outcome {
+            self.forget(&stream);
+        }
+        outcome
     }
 
     /// Decide `command` against aggregate `id` without appending, for a
@@ -445,6 +575,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     /// from it, so appending the same decision twice is an idempotent
     /// re-append; no command record is kept (the caller's own writes
     /// de-duplicate). A refusal is [`CommandError::Domain`].
+    ///
+    /// With the aggregate cache on, it decides on the cached state caught
+    /// up with the store, as [`load`](Self::load) does.
     pub async fn decide(
         &self,
         id: &str,
@@ -454,7 +587,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         let stream = Self::stream_id(id)?;
         let explicit_id = ctx.command_id.is_some();
         let (command_id, metadata) = ctx.into_metadata();
-        let (state, version) = self.load_stream(&stream).await?;
+        let (state, version) = match self.current(&stream).await {
+            Ok(current) => current,
+            Err(e) => {
+                self.forget(&stream);
+                return Err(e.into());
+            }
+        };
         let decided = state.decide(command).map_err(CommandError::Domain)?;
         let events = encode_events::<A::Event>(&decided, command_id, explicit_id, &metadata)?;
         Ok(Decided {
@@ -467,14 +606,14 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
 
     async fn run(
         &self,
-        stream: StreamId,
+        stream: &StreamId,
         command: A::Command,
         command_id: Uuid,
         explicit_id: bool,
         metadata: Metadata,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         if explicit_id && let Some(first) = self.store.read_command(command_id).await? {
-            return self.recorded_outcome(&stream, first).await;
+            return self.recorded_outcome(stream, first).await;
         }
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.options.min_backoff)
@@ -483,11 +622,27 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             .without_max_times()
             .build();
         let mut retries = 0;
+        // The state to decide on next, when already known: caught up after
+        // a conflict or before an outcome without events.
+        let mut known = None;
         loop {
-            let (mut state, version) = self.load_stream(&stream).await?;
+            let (state, version, fresh) = match known.take() {
+                Some((state, version)) => (state, version, true),
+                None => self.lookup(stream).await?,
+            };
             let events = match state.decide(&command) {
                 Ok(events) if !events.is_empty() => events,
                 decided => {
+                    // No append will check the version a cached state was
+                    // decided on: check that no event came after it.
+                    if !fresh {
+                        let (current, current_version) =
+                            self.catch_up(stream, Arc::clone(&state), version).await?;
+                        if current_version != version {
+                            known = Some((current, current_version));
+                            continue;
+                        }
+                    }
                     // An outcome without events: with a command id, it is
                     // recorded, unless the id was decided first elsewhere.
                     if explicit_id {
@@ -506,13 +661,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                             decision,
                         };
                         if let Some(first) = self.store.record_command(record).await? {
-                            return self.recorded_outcome(&stream, first).await;
+                            return self.recorded_outcome(stream, first).await;
                         }
                     }
                     return match decided {
                         Err(refusal) => Err(CommandError::Domain(refusal)),
                         Ok(_) => Ok(CommandOutcome {
-                            stream_id: stream,
+                            stream_id: stream.clone(),
                             stream_version: version,
                             events: Vec::new(),
                             retries,
@@ -526,18 +681,30 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let expected = ExpectedVersion::Exact(version);
             let appended = if explicit_id {
                 self.store
-                    .append_command(&stream, expected, new_events, command_id)
+                    .append_command(stream, expected, new_events, command_id)
                     .await
             } else {
-                self.store.append(&stream, expected, new_events).await
+                self.store.append(stream, expected, new_events).await
             };
             match appended {
                 Ok(result) => {
+                    let appended_at = version + events.len() as u64;
+                    let mut state = Arc::unwrap_or_clone(state);
                     for e in &events {
                         state.apply(e);
                     }
-                    self.maybe_snapshot(&stream, version, result.stream_version, &state)
+                    self.maybe_snapshot(stream, version, result.stream_version, &state)
                         .await;
+                    if let Some(cache) = &self.cache {
+                        // The store may answer a re-appended batch with
+                        // where it first went: then this state is not the
+                        // one at that version.
+                        if result.stream_version == appended_at {
+                            cache.put(stream, Arc::new(state), appended_at);
+                        } else {
+                            cache.remove(stream);
+                        }
+                    }
                     let envelopes = ids
                         .into_iter()
                         .zip(events)
@@ -556,7 +723,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         })
                         .collect();
                     return Ok(CommandOutcome {
-                        stream_id: stream,
+                        stream_id: stream.clone(),
                         stream_version: result.stream_version,
                         events: envelopes,
                         retries,
@@ -565,10 +732,11 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 }
                 // The same command id, submitted elsewhere, was decided first.
                 Err(Error::CommandAlreadyRecorded { .. }) => {
+                    self.forget(stream);
                     let first = self.store.read_command(command_id).await?.ok_or_else(|| {
                         Error::Backend(format!("command {command_id} is recorded but cannot be read").into())
                     })?;
-                    return self.recorded_outcome(&stream, first).await;
+                    return self.recorded_outcome(stream, first).await;
                 }
                 Err(conflict @ Error::Conflict { .. }) => {
                     if retries >= self.options.max_retries {
@@ -582,6 +750,10 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     let delay = delays.next().unwrap_or(self.options.max_backoff);
                     tracing::debug!(retries, ?delay, "version conflict, deciding again");
                     futures_timer::Delay::new(delay).await;
+                    // Without the cache, the next round loads the stream.
+                    if self.cache.is_some() {
+                        known = Some(self.catch_up(stream, state, version).await?);
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

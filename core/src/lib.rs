@@ -95,7 +95,8 @@ mod readme {}
 pub use aggregate::Aggregate;
 pub use bus::{BusConsumer, Delivery, InMemoryBus, MessageBus};
 pub use command::{
-    AsOf, CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome, Decided,
+    AsOf, CacheOptions, CacheStats, CommandContext, CommandError, CommandHandler, CommandHandlerOptions,
+    CommandOutcome, Decided,
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{Envelope, Event, Metadata, NewEvent, RecordedEvent, StreamId};
