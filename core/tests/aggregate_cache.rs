@@ -411,6 +411,11 @@ async fn concurrent_submissions_of_one_command_id_append_once_with_the_cache_on(
     }
     assert_eq!(outcomes.len(), 1, "{outcomes:?}");
     assert_eq!(handler.load("acc").await?.1, 2);
+    // The outcome is recorded: another process gets it back.
+    let again = Handler::new(store.clone())
+        .execute_with("acc", deposit(3), ctx)
+        .await?;
+    assert!(again.deduplicated && outcomes.contains_key(&again.events[0].event_id));
     assert_eq!(Handler::new(store).load("acc").await?.0.balance, 3);
     Ok(())
 }

@@ -321,12 +321,18 @@ mod tests {
     }
 
     #[test]
-    fn a_state_heavier_than_the_bound_is_not_cached() {
-        let cache = cache(10, 10);
+    fn a_state_heavier_than_the_bound_is_not_cached_and_evicts_nothing() {
+        // Entries of 6 bytes; the heavy ones weigh 17 and 22.
+        let cache = cache(10, 16);
         cache.put(&stream("s-1"), Arc::new("a".to_owned()), 1);
+        cache.put(&stream("s-2"), Arc::new("b".to_owned()), 1);
         cache.put(&stream("s-1"), Arc::new("far too long".to_owned()), 2);
         assert!(cache.peek(&stream("s-1")).is_none());
-        assert_eq!(cache.stats().bytes, 0);
+        cache.put(&stream("s-3"), Arc::new("far, far too long".to_owned()), 1);
+        assert!(cache.peek(&stream("s-3")).is_none());
+        assert!(cache.peek(&stream("s-2")).is_some(), "a lighter entry stays");
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes, stats.evictions), (1, 6, 0));
     }
 
     #[test]
