@@ -300,8 +300,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         if self.cache.is_none() {
             return self.load_stream(&stream).await;
         }
-        let (state, version) = self.current(&stream).await?;
-        Ok((Arc::unwrap_or_clone(state), version))
+        match self.current(&stream).await {
+            Ok((state, version)) => Ok((Arc::unwrap_or_clone(state), version)),
+            Err(e) => {
+                self.forget(&stream);
+                Err(e)
+            }
+        }
     }
 
     /// Load aggregate `id` as it was at a past point: the events up to

@@ -499,3 +499,37 @@ async fn the_cache_is_off_by_default() -> TestResult {
     assert_eq!(store.take_reads(), vec![1, 1]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failure_drops_the_stream_from_the_cache() -> TestResult {
+    let store = InMemoryEventStore::new();
+    let cached = cached_handler(store.clone());
+    cached.execute("acc", open()).await?;
+    cached.execute("b", open()).await?;
+    assert_eq!(cached.cache_stats().expect("cache on").entries, 2);
+    // An event no upcaster knows lands after the cached version.
+    let unknown = NewEvent {
+        event_type: "Frozen".into(),
+        ..NewEvent::from_event(&BankEvent::Closed, Default::default())?
+    };
+    let stream = Handler::<InMemoryEventStore>::stream_id("acc")?;
+    store
+        .append(&stream, ExpectedVersion::Exact(1), vec![unknown])
+        .await?;
+    let err = cached.execute("acc", deposit(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Store(strata_core::Error::UnknownEventType { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        cached.cache_stats().expect("cache on").entries,
+        1,
+        "acc is dropped, b stays"
+    );
+    cached.execute("b", deposit(1)).await?;
+    assert!(cached.load("acc").await.is_err());
+    Ok(())
+}
