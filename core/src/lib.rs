@@ -14,7 +14,8 @@
 //! - [`EventStore`]: append with an expected version, read streams and the
 //!   global log, snapshots, subscriptions; see its contract.
 //! - [`CommandHandler`]: load, decide, append, retry on conflict with
-//!   back-off, de-duplicate by command id, propagate metadata.
+//!   back-off, de-duplicate by command id, propagate metadata; an optional
+//!   aggregate cache ([`CacheOptions`], off by default).
 //! - [`InMemoryEventStore`] and [`InMemoryBus`]: the embedded default.
 //!
 //! It depends on no database, broker or async runtime: the in-memory engine
