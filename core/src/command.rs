@@ -500,6 +500,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     /// it (after the cached version if that is later), and cache the
     /// result.
     async fn catch_up(&self, stream: &StreamId, state: Arc<A>, version: u64) -> Result<(Arc<A>, u64), Error> {
+        let from = version;
         let (mut state, mut version, behind) = match self.cache.as_ref().and_then(|c| c.peek(stream)) {
             Some((cached, cached_version)) if cached_version > version => (cached, cached_version, true),
             _ => (state, version, false),
@@ -519,6 +520,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         } else if !behind {
             return Ok((state, version));
         }
+        tracing::debug!(stream = %stream, from, to = version, "cached state was behind the store, caught up");
         if let Some(cache) = &self.cache {
             cache.count_stale_refresh();
             cache.put(stream, Arc::clone(&state), version);
