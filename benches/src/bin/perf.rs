@@ -22,7 +22,9 @@
 //!
 //! Arguments: `--quick` does a tenth of the work; `--keep` keeps the
 //! database; `--max-concurrent-appends=N` sets the store's option of that
-//! name (its default otherwise); any other argument selects the figures
+//! name (its default otherwise); `--aggregate-cache` turns the command
+//! handler's aggregate cache on (default options) in the command figures;
+//! any other argument selects the figures
 //! whose name contains it.
 
 use std::future::Future;
@@ -332,6 +334,9 @@ async fn raw_load(pool: &PgPool, stream: &str, from: i64, mut total: u64) -> Res
 struct Bench {
     store: PgEventStore,
     pool: PgPool,
+    /// The command handler's aggregate cache (`--aggregate-cache`; off
+    /// otherwise, its default).
+    cache: Option<strata_core::CacheOptions>,
 }
 
 impl Bench {
@@ -410,6 +415,7 @@ impl Bench {
         let mut rounds = Rounds::default();
         let options = CommandHandlerOptions {
             snapshot_every: None,
+            cache: self.cache.clone(),
             ..CommandHandlerOptions::default()
         };
         for _ in 0..ROUNDS {
@@ -1021,7 +1027,10 @@ async fn main() -> Res<()> {
             .fetch_one(&pool)
             .await?;
     let _ = DURABLE.set(fsync == "on" && sync_commit == "on");
-    let bench = Bench { store, pool };
+    let cache = std::env::args()
+        .any(|a| a == "--aggregate-cache")
+        .then(strata_core::CacheOptions::default);
+    let bench = Bench { store, pool, cache };
 
     if wanted("append_single_1_writer") {
         let rounds = bench.single_appends(1, 1500 / scale).await?;
