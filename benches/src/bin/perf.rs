@@ -415,7 +415,7 @@ impl Bench {
         let mut rounds = Rounds::default();
         let options = CommandHandlerOptions {
             snapshot_every: None,
-            cache: self.cache.clone(),
+            cache: self.cache,
             ..CommandHandlerOptions::default()
         };
         for _ in 0..ROUNDS {
