@@ -832,27 +832,50 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         if after / every == before / every {
             return;
         }
-        let saved = match serde_json::to_value(state) {
-            Ok(value) if json_depth(&value) > MAX_JSON_DEPTH => {
-                tracing::warn!(stream = %stream, "state nests too deeply to be read back: no snapshot");
-                return;
-            }
-            Ok(value) => {
-                self.store
-                    .save_snapshot(Snapshot {
-                        stream_id: stream.clone(),
-                        stream_version: after,
-                        schema_version: A::SNAPSHOT_VERSION,
-                        state: value,
-                    })
-                    .await
-            }
-            Err(e) => Err(Error::encode(format!("snapshot of `{}`", A::TYPE), e)),
-        };
         // The events are committed; a missing snapshot only costs a longer load.
-        if let Err(e) = saved {
+        if let Err(e) = self.save_snapshot(stream, after, state).await {
             tracing::warn!(error = %e, "snapshot not saved");
         }
+    }
+
+    /// Save `state` as the snapshot of `stream` at `version`.
+    async fn save_snapshot(&self, stream: &StreamId, version: u64, state: &A) -> Result<(), Error> {
+        let what = || format!("snapshot of `{}`", A::TYPE);
+        let value = serde_json::to_value(state).map_err(|e| Error::encode(what(), e))?;
+        let depth = json_depth(&value);
+        if depth > MAX_JSON_DEPTH {
+            let e = <serde_json::Error as serde::ser::Error>::custom(format!(
+                "the state nests {depth} levels deep, over the {MAX_JSON_DEPTH} a reader accepts"
+            ));
+            return Err(Error::encode(what(), e));
+        }
+        self.store
+            .save_snapshot(Snapshot {
+                stream_id: stream.clone(),
+                stream_version: version,
+                schema_version: A::SNAPSHOT_VERSION,
+                state: value,
+            })
+            .await
+    }
+
+    /// Save a snapshot of aggregate `id` now, at its current version,
+    /// whatever [`CommandHandlerOptions::snapshot_every`] says (for an
+    /// operator, or a job that snapshots long streams off the command
+    /// path). Returns the version snapshotted, or `None` for a stream with
+    /// no events (nothing is saved). Loads read snapshots only when
+    /// `snapshot_every` is set.
+    ///
+    /// A state that cannot be encoded, or that nests deeper than a reader
+    /// accepts, is [`Error::Serialization`], and nothing is saved.
+    pub async fn snapshot_now(&self, id: &str) -> Result<Option<u64>, Error> {
+        let stream = Self::stream_id(id)?;
+        let (state, version) = self.load(id).await?;
+        if version == 0 {
+            return Ok(None);
+        }
+        self.save_snapshot(&stream, version, &state).await?;
+        Ok(Some(version))
     }
 }
 
