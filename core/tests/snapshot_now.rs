@@ -58,3 +58,54 @@ async fn a_stream_without_events_is_not_snapshotted() -> TestResult {
     assert!(store.load_snapshot(&stream).await?.is_none());
     Ok(())
 }
+
+/// An aggregate whose state nests as deep as its events say.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Nest {
+    inner: serde_json::Value,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, strata_core::Event)]
+enum NestEvent {
+    Deepened { levels: u32 },
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl strata_core::Aggregate for Nest {
+    const TYPE: &'static str = "nest";
+    type Command = u32;
+    type Event = NestEvent;
+    type Error = Never;
+
+    fn decide(&self, levels: &u32) -> Result<Vec<NestEvent>, Never> {
+        Ok(vec![NestEvent::Deepened { levels: *levels }])
+    }
+
+    fn apply(&mut self, NestEvent::Deepened { levels }: &NestEvent) {
+        for _ in 0..*levels {
+            self.inner = serde_json::json!([self.inner.take()]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_state_too_deep_to_read_back_is_refused_and_not_saved() -> TestResult {
+    let store = InMemoryEventStore::new();
+    let nests = CommandHandler::<Nest, _>::new(store.clone());
+    nests.execute("n", 200).await?;
+    let refused = nests.snapshot_now("n").await;
+    assert!(
+        matches!(refused, Err(strata_core::Error::Serialization { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .load_snapshot(&StreamId::for_aggregate("nest", "n")?)
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
