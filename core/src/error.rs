@@ -226,6 +226,17 @@ pub enum Error {
         /// The command id.
         command_id: Uuid,
     },
+    /// A command record given to
+    /// [`EventStore::append_commands`](crate::store::EventStore::append_commands)
+    /// does not fit its append: another stream, an id given twice, or
+    /// versions outside the append. Nothing was stored.
+    #[error("command record {command_id} does not fit the append: {reason}")]
+    InvalidCommandRecord {
+        /// The record's command id.
+        command_id: Uuid,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store was given a configuration it cannot use (a malformed or
     /// foreign database URL, a wrong password, an unknown database). Trying
     /// again cannot help.

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent, StreamId};
 use crate::store::{
     AppendResult, CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot, Subscription,
-    follow, idempotent_outcome,
+    check_command_records, follow, idempotent_outcome,
 };
 
 /// Default limit on one event's encoded payload plus metadata: 1 MiB.
@@ -73,18 +73,21 @@ impl InMemoryEventStore {
     }
 
     /// Append under the lock; with a command id, also record the command,
-    /// or store nothing if the id has a record.
+    /// or store nothing if the id has a record; with `records`, store them
+    /// too (see [`EventStore::append_commands`]).
     fn append_now(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         command_id: Option<Uuid>,
+        records: Vec<CommandRecord>,
     ) -> Result<AppendResult> {
         for e in &events {
             e.validate(self.inner.max_event_size)?;
         }
         NewEvent::check_unique_ids(&events)?;
+        check_command_records(stream, expected, events.len(), &records)?;
         let mut st = self.state();
         if let Some(command_id) = command_id
             && st.commands.contains_key(&command_id)
@@ -97,6 +100,11 @@ impl InMemoryEventStore {
             .collect();
         if let Some(outcome) = idempotent_outcome(stream, &events, &stored)? {
             return Ok(outcome);
+        }
+        if let Some(taken) = records.iter().find(|r| st.commands.contains_key(&r.command_id)) {
+            return Err(Error::CommandAlreadyRecorded {
+                command_id: taken.command_id,
+            });
         }
         let actual = st.streams.get(stream).map_or(0, |v| v.len() as u64);
         if !expected.admits(actual) {
@@ -142,6 +150,9 @@ impl InMemoryEventStore {
                 },
             );
         }
+        for record in records {
+            st.commands.insert(record.command_id, record);
+        }
         let head = st.log.len() as u64;
         drop(st);
         self.inner.head.send_replace(head);
@@ -159,7 +170,7 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        self.append_now(stream, expected, events, None)
+        self.append_now(stream, expected, events, None, Vec::new())
     }
 
     async fn read_stream(
@@ -219,7 +230,17 @@ impl EventStore for InMemoryEventStore {
         events: Vec<NewEvent>,
         command_id: Uuid,
     ) -> Result<AppendResult> {
-        self.append_now(stream, expected, events, Some(command_id))
+        self.append_now(stream, expected, events, Some(command_id), Vec::new())
+    }
+
+    async fn append_commands(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        records: Vec<CommandRecord>,
+    ) -> Result<AppendResult> {
+        self.append_now(stream, expected, events, None, records)
     }
 
     async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {

@@ -338,6 +338,36 @@ pub trait EventStore: Send + Sync + 'static {
         command_id: Uuid,
     ) -> impl Future<Output = Result<AppendResult>> + Send;
 
+    /// Append `events` to `stream` at `expected` and, in the same atomic
+    /// write, store `records`: the outcomes of several commands decided one
+    /// after another on the stream and appended together, each with its
+    /// own record (those that appended events, and those refused or
+    /// without change). `events` may be empty; the expectation is still
+    /// checked and the records stored with it.
+    ///
+    /// - With records, `expected` must be [`ExpectedVersion::Exact`]`(v)`,
+    ///   and every record must name `stream`, carry an id no other record
+    ///   of the call carries, and fit the append: an
+    ///   [`Appended`](CommandDecision::Appended) range within `v + 1 ..= v +
+    ///   events.len()`, the version of an
+    ///   [`Unchanged`](CommandDecision::Unchanged) or
+    ///   [`Refused`](CommandDecision::Refused) record within `v ..= v +
+    ///   events.len()`. Otherwise [`Error::InvalidCommandRecord`], and
+    ///   nothing is stored ([`check_command_records`]).
+    /// - If `events` (at least one) are all stored already, as this very
+    ///   batch, the original [`AppendResult`] is returned and nothing is
+    ///   stored, as for [`append`](EventStore::append).
+    /// - Else, if any record's id already has a record, nothing is stored
+    ///   and the result is [`Error::CommandAlreadyRecorded`] naming one
+    ///   such id.
+    fn append_commands(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        records: Vec<CommandRecord>,
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
     /// Record the outcome of a command that appended nothing, unless its id
     /// already has a record. Returns `None` when this record was stored,
     /// else the record that was there first (and stores nothing).
@@ -494,6 +524,65 @@ fn retry_delay(failures: u32) -> Duration {
     RETRY_MIN
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(RETRY_MAX)
+}
+
+/// Check `records` against an append of `event_count` events to `stream`
+/// at `expected`, as [`EventStore::append_commands`] requires; for stores
+/// to call before writing anything.
+pub fn check_command_records(
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    event_count: usize,
+    records: &[CommandRecord],
+) -> Result<()> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
+    let invalid = |record: &CommandRecord, reason: String| Error::InvalidCommandRecord {
+        command_id: record.command_id,
+        reason,
+    };
+    let ExpectedVersion::Exact(v) = expected else {
+        return Err(invalid(
+            first,
+            format!("records need an exact expected version, not {expected}"),
+        ));
+    };
+    let end = v + event_count as u64;
+    let mut ids = std::collections::HashSet::with_capacity(records.len());
+    for record in records {
+        if record.stream_id != *stream {
+            return Err(invalid(
+                record,
+                format!(
+                    "it names stream `{}`, not the stream appended to",
+                    record.stream_id
+                ),
+            ));
+        }
+        if !ids.insert(record.command_id) {
+            return Err(invalid(record, "its id is given twice".into()));
+        }
+        let fits = match &record.decision {
+            CommandDecision::Appended {
+                first_version,
+                last_version,
+            } => v < *first_version && first_version <= last_version && *last_version <= end,
+            CommandDecision::Unchanged { version } | CommandDecision::Refused { version, .. } => {
+                (v..=end).contains(version)
+            }
+        };
+        if !fits {
+            return Err(invalid(
+                record,
+                format!(
+                    "{:?} lies outside the append (versions {v} to {end})",
+                    record.decision
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Decide whether a batch whose ids may already be stored is an idempotent

@@ -116,6 +116,18 @@ impl EventStore for CountingReads {
             .await
     }
 
+    async fn append_commands(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        records: Vec<CommandRecord>,
+    ) -> strata_core::Result<AppendResult> {
+        self.inner
+            .append_commands(stream, expected, events, records)
+            .await
+    }
+
     async fn record_command(&self, record: CommandRecord) -> strata_core::Result<Option<CommandRecord>> {
         self.inner.record_command(record).await
     }

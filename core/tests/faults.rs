@@ -122,6 +122,18 @@ impl EventStore for Faulty {
             .await
     }
 
+    async fn append_commands(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        records: Vec<CommandRecord>,
+    ) -> Result<AppendResult> {
+        self.inner
+            .append_commands(stream, expected, events, records)
+            .await
+    }
+
     async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
         self.inner.record_command(record).await
     }

@@ -8,8 +8,8 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
 use sqlx::{PgExecutor, PgPool, Postgres};
 use strata_core::store::{
-    CommandDecision, CommandRecord, FilteredSubscription, LogFilter, LogPage, follow, follow_filtered,
-    idempotent_outcome,
+    CommandDecision, CommandRecord, FilteredSubscription, LogFilter, LogPage, check_command_records, follow,
+    follow_filtered, idempotent_outcome,
 };
 use strata_core::{
     AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot, StreamId,
@@ -118,6 +118,23 @@ static APPEND_COMMAND_SQL: LazyLock<String> = LazyLock::new(|| {
         ", cmd AS (
 INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version)
 SELECT $10, $1, 'appended', ok.v + 1, ok.v + cardinality($2::uuid[]) FROM ok
+)
+SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
+    ))
+});
+
+/// [`APPEND_SQL`] that also records the outcomes of several commands:
+/// `$10` their ids, `$11` their kinds, `$12` first versions, `$13`
+/// versions, `$14` refusals (JSON text). It appends at an exact version, so
+/// the caller knows every version in advance.
+static APPEND_COMMANDS_SQL: LazyLock<String> = LazyLock::new(|| {
+    with_log_base(concat!(
+        append_ctes!(),
+        ", cmd AS (
+INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version, refusal)
+SELECT r.id, $1, r.kind, r.first_version, r.version, r.refusal::jsonb
+FROM ok, unnest($10::uuid[], $11::text[], $12::bigint[], $13::bigint[], $14::text[])
+         AS r(id, kind, first_version, version, refusal)
 )
 SELECT base | 1, v, 'strata.events'::regclass::oid::bigint FROM ok"
     ))
@@ -548,19 +565,24 @@ impl PgEventStore {
         to_events(rows)
     }
 
-    /// Append, with a command to record atomically with the events, if any.
+    /// Append, with what to record atomically with the events.
     async fn append_now(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: &[NewEvent],
-        command: Option<Uuid>,
+        records: Records<'_>,
     ) -> Result<AppendResult> {
         self.check_batch(events)?;
         let batch = Arc::new(Batch::new(events, self.inner.max_event_size)?);
         NewEvent::check_unique_ids(events)?;
+        let decisions = match records {
+            Records::Decisions(decisions) => decisions,
+            _ => &[],
+        };
+        check_command_records(stream, expected, events.len(), decisions)?;
         self.ensure_log_base().await?;
-        if events.is_empty() {
+        if events.is_empty() && decisions.is_empty() {
             let actual = version_of(&self.inner.pool, stream).await?;
             return if expected.admits(actual) {
                 Ok(AppendResult {
@@ -574,10 +596,15 @@ impl PgEventStore {
         let (exact, must_exist) = expectation(expected)?;
         let (pool, known) = (&self.inner.pool, &*self.inner.known);
         for attempt in 1.. {
-            let inserted = match command {
-                Some(command_id) => insert_command(pool, stream, exact, must_exist, &batch, command_id).await,
-                None if attempt == 1 => self.first_insert(stream, exact, must_exist, &batch).await,
-                None => insert_alone(pool, known, stream, exact, must_exist, &batch).await,
+            let inserted = match records {
+                Records::Command(command_id) => {
+                    insert_command(pool, stream, exact, must_exist, &batch, command_id).await
+                }
+                Records::Decisions(decisions) => {
+                    insert_commands(pool, stream, exact, must_exist, &batch, decisions).await
+                }
+                Records::None if attempt == 1 => self.first_insert(stream, exact, must_exist, &batch).await,
+                Records::None => insert_alone(pool, known, stream, exact, must_exist, &batch).await,
             };
             match inserted {
                 Ok(Some((result, table))) => {
@@ -586,7 +613,7 @@ impl PgEventStore {
                 }
                 Ok(None) => {}
                 Err(InsertError::Sql(e)) if is_unique_violation(&e) => {
-                    if let Some(command_id) = command
+                    if let Records::Command(command_id) = records
                         && self.read_command(command_id).await?.is_some()
                     {
                         return Err(Error::CommandAlreadyRecorded { command_id });
@@ -605,6 +632,9 @@ impl PgEventStore {
                 self.inner.notifier.appended(&self.inner.pool);
                 return Ok(outcome);
             }
+            if let Some(command_id) = self.first_recorded(decisions).await? {
+                return Err(Error::CommandAlreadyRecorded { command_id });
+            }
             let actual = version_of(&self.inner.pool, stream).await?;
             if !expected.admits(actual) || attempt >= MAX_APPEND_ATTEMPTS {
                 metrics::counter!("strata_store_append_conflicts_total").increment(1);
@@ -613,6 +643,21 @@ impl PgEventStore {
             tracing::debug!(stream = %stream, attempt, "append raced with another writer, trying again");
         }
         unreachable!("the append loop returns")
+    }
+
+    /// The first of `records` whose command id has a record already.
+    async fn first_recorded(&self, records: &[CommandRecord]) -> Result<Option<Uuid>> {
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<Uuid> = records.iter().map(|r| r.command_id).collect();
+        let taken: Vec<Uuid> =
+            sqlx::query_scalar("SELECT command_id FROM strata.commands WHERE command_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(from_sqlx)?;
+        Ok(ids.into_iter().find(|id| taken.contains(id)))
     }
 
     /// After an append committed: remember its version, announce it, count it.
@@ -817,6 +862,80 @@ fn appended(
     Ok((result, table))
 }
 
+/// What an append records besides its events.
+#[derive(Debug, Clone, Copy)]
+enum Records<'a> {
+    /// Nothing.
+    None,
+    /// That this command appended them ([`EventStore::append_command`]).
+    Command(Uuid),
+    /// These outcomes ([`EventStore::append_commands`]).
+    Decisions(&'a [CommandRecord]),
+}
+
+/// Run [`APPEND_COMMANDS_SQL`]: the append at version `exact` (checked by
+/// [`check_command_records`]) and the records of `decisions`, in one
+/// statement.
+async fn insert_commands(
+    pool: &PgPool,
+    stream: &StreamId,
+    exact: Option<i64>,
+    must_exist: bool,
+    batch: &Batch,
+    decisions: &[CommandRecord],
+) -> Result<Option<(AppendResult, i64)>, InsertError> {
+    let n = decisions.len();
+    let (mut ids, mut kinds, mut firsts, mut versions, mut refusals) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for record in decisions {
+        let (kind, first, version, refusal) =
+            decision_columns(&record.decision).map_err(InsertError::Other)?;
+        ids.push(record.command_id);
+        kinds.push(kind);
+        firsts.push(first.map(to_i64_saturating));
+        versions.push(to_i64_saturating(version));
+        refusals.push(refusal.map(|r| r.to_string()));
+    }
+    let row: Option<(i64, i64, i64)> = events(&APPEND_COMMANDS_SQL, stream, batch)
+        .bind(exact)
+        .bind(must_exist)
+        .bind(stream.category())
+        .bind(ids)
+        .bind(kinds)
+        .bind(firsts)
+        .bind(versions)
+        .bind(refusals)
+        .fetch_optional(pool)
+        .await
+        .map_err(InsertError::Sql)?;
+    row.map(|row| appended(row, batch.len())).transpose()
+}
+
+/// A decision as the columns of its `strata.commands` row: kind, first
+/// version, version and refusal.
+fn decision_columns(
+    decision: &CommandDecision,
+) -> Result<(&'static str, Option<u64>, u64, Option<&strata_core::Value>)> {
+    Ok(match decision {
+        CommandDecision::Appended {
+            first_version,
+            last_version,
+        } => ("appended", Some(*first_version), *last_version, None),
+        CommandDecision::Unchanged { version } => ("unchanged", None, *version, None),
+        CommandDecision::Refused { version, refusal } => ("refused", None, *version, Some(refusal)),
+        other => {
+            return Err(Error::Backend(
+                format!("unsupported command decision {other:?}").into(),
+            ));
+        }
+    })
+}
+
 /// Run [`APPEND_COMMAND_SQL`]: the append and the record of command
 /// `command_id`, in one statement.
 async fn insert_command(
@@ -930,7 +1049,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        on_live_connection!(self.append_now(stream, expected, &events, None))
+        on_live_connection!(self.append_now(stream, expected, &events, Records::None))
     }
 
     async fn read_stream(
@@ -1039,23 +1158,21 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
         command_id: Uuid,
     ) -> Result<AppendResult> {
-        on_live_connection!(self.append_now(stream, expected, &events, Some(command_id)))
+        on_live_connection!(self.append_now(stream, expected, &events, Records::Command(command_id)))
+    }
+
+    async fn append_commands(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        records: Vec<CommandRecord>,
+    ) -> Result<AppendResult> {
+        on_live_connection!(self.append_now(stream, expected, &events, Records::Decisions(&records)))
     }
 
     async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
-        let (decision, first_version, version, refusal) = match &record.decision {
-            CommandDecision::Appended {
-                first_version,
-                last_version,
-            } => ("appended", Some(*first_version), *last_version, None),
-            CommandDecision::Unchanged { version } => ("unchanged", None, *version, None),
-            CommandDecision::Refused { version, refusal } => ("refused", None, *version, Some(refusal)),
-            other => {
-                return Err(Error::Backend(
-                    format!("unsupported command decision {other:?}").into(),
-                ));
-            }
-        };
+        let (decision, first_version, version, refusal) = decision_columns(&record.decision)?;
         // A concurrent first record of the same id is waited for: then
         // this one stores nothing and reads it.
         let stored = sqlx::query(

@@ -66,6 +66,7 @@ where
     metadata_and_odd_stream_ids_round_trip(&factory().await?).await?;
     unreadable_events_are_refused(&factory().await?).await?;
     command_records(&factory().await?).await?;
+    batched_command_records(&factory().await?).await?;
     filtered_reads(&factory().await?).await?;
     Ok(())
 }
@@ -660,6 +661,161 @@ pub async fn command_records<S: EventStore>(store: &S) -> Result<()> {
         2 + appended as u64,
         "only the winning append may store events"
     );
+    Ok(())
+}
+
+/// Several commands' outcomes stored with one append
+/// ([`EventStore::append_commands`]): all or nothing, with the version
+/// checked; records that do not fit the append are refused before anything
+/// is stored; an id recorded before stores nothing; a re-append of the
+/// same batch returns its first result.
+pub async fn batched_command_records<S: EventStore>(store: &S) -> Result<()> {
+    let s = stream("batched")?;
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let record = |command_id, decision| CommandRecord {
+        command_id,
+        stream_id: s.clone(),
+        decision,
+    };
+    let records = vec![
+        record(
+            a,
+            CommandDecision::Appended {
+                first_version: 1,
+                last_version: 2,
+            },
+        ),
+        record(
+            b,
+            CommandDecision::Refused {
+                version: 2,
+                refusal: json!("no"),
+            },
+        ),
+        record(
+            c,
+            CommandDecision::Appended {
+                first_version: 3,
+                last_version: 3,
+            },
+        ),
+    ];
+    let batch = events(0..3);
+
+    // Records that do not fit: nothing stored, ids left free.
+    let other = StreamId::new("contract-elsewhere")?;
+    let misfits = [
+        (ExpectedVersion::Any, records.clone()),
+        (ExpectedVersion::Exact(1), records.clone()),
+        (
+            ExpectedVersion::Exact(0),
+            vec![records[0].clone(), records[0].clone()],
+        ),
+        (
+            ExpectedVersion::Exact(0),
+            vec![CommandRecord {
+                stream_id: other,
+                ..records[1].clone()
+            }],
+        ),
+    ];
+    for (expected, misfit) in misfits {
+        let err = store
+            .append_commands(&s, expected, batch.clone(), misfit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidCommandRecord { .. }), "{err:?}");
+    }
+    assert_eq!(store.stream_version(&s).await?, 0);
+    assert!(store.read_command(a).await?.is_none());
+
+    // A conflict stores nothing either.
+    store
+        .append_commands(&s, ExpectedVersion::Exact(0), vec![event(9)], Vec::new())
+        .await?;
+    let err = store
+        .append_commands(&s, ExpectedVersion::Exact(0), batch.clone(), records.clone())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert!(store.read_command(a).await?.is_none());
+    assert!(store.read_command(b).await?.is_none());
+
+    // At the right version: events and records together.
+    let shifted: Vec<CommandRecord> = records
+        .iter()
+        .map(|r| {
+            let decision = match r.decision.clone() {
+                CommandDecision::Appended {
+                    first_version,
+                    last_version,
+                } => CommandDecision::Appended {
+                    first_version: first_version + 1,
+                    last_version: last_version + 1,
+                },
+                CommandDecision::Refused { version, refusal } => CommandDecision::Refused {
+                    version: version + 1,
+                    refusal,
+                },
+                other => other,
+            };
+            record(r.command_id, decision)
+        })
+        .collect();
+    let result = store
+        .append_commands(&s, ExpectedVersion::Exact(1), batch.clone(), shifted.clone())
+        .await?;
+    assert_eq!(result.stream_version, 4);
+    assert_eq!(result.positions.len(), 3);
+    for r in &shifted {
+        assert_eq!(store.read_command(r.command_id).await?.as_ref(), Some(r));
+    }
+    // The same batch again: its first result, nothing more stored.
+    let again = store
+        .append_commands(&s, ExpectedVersion::Exact(1), batch, shifted.clone())
+        .await?;
+    assert_eq!(again, result);
+    // New events under an id recorded before: nothing stored.
+    let err = store
+        .append_commands(
+            &s,
+            ExpectedVersion::Exact(4),
+            vec![event(10)],
+            vec![record(
+                c,
+                CommandDecision::Appended {
+                    first_version: 5,
+                    last_version: 5,
+                },
+            )],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::CommandAlreadyRecorded { command_id } if command_id == c),
+        "{err:?}"
+    );
+    assert_eq!(store.stream_version(&s).await?, 4);
+    // Records without events: the version is checked, then they are stored.
+    let d = Uuid::now_v7();
+    let unchanged = record(d, CommandDecision::Unchanged { version: 4 });
+    let err = store
+        .append_commands(
+            &s,
+            ExpectedVersion::Exact(3),
+            Vec::new(),
+            vec![record(d, CommandDecision::Unchanged { version: 3 })],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    let result = store
+        .append_commands(&s, ExpectedVersion::Exact(4), Vec::new(), vec![unchanged.clone()])
+        .await?;
+    assert_eq!(result.stream_version, 4);
+    assert!(result.positions.is_empty());
+    assert_eq!(store.read_command(d).await?, Some(unchanged));
+    assert_eq!(store.stream_version(&s).await?, 4);
     Ok(())
 }
 

@@ -87,6 +87,19 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
             .await
     }
 
+    async fn append_commands(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        records: Vec<CommandRecord>,
+    ) -> Result<AppendResult> {
+        futures_timer::Delay::new(self.delay).await;
+        self.inner
+            .append_commands(stream, expected, events, records)
+            .await
+    }
+
     async fn record_command(&self, record: CommandRecord) -> Result<Option<CommandRecord>> {
         self.inner.record_command(record).await
     }
