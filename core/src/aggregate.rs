@@ -26,8 +26,11 @@ pub trait Aggregate:
     /// Schema version of the serialized state used in snapshots.
     const SNAPSHOT_VERSION: u32 = 1;
 
-    /// The commands this aggregate decides on.
-    type Command: fmt::Debug + Send + Sync;
+    /// The commands this aggregate decides on. They own their data
+    /// (`'static`): a command may wait in its stream's line in the
+    /// [`CommandHandler`](crate::CommandHandler) and be decided by another
+    /// task's batch.
+    type Command: fmt::Debug + Send + Sync + 'static;
 
     /// The events it emits and is built from.
     type Event: Event;

@@ -1,11 +1,10 @@
 //! Command handling: load, decide, append, and retry on conflict.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -17,7 +16,10 @@ use crate::event::{Envelope, Event, MAX_JSON_DEPTH, Metadata, NewEvent, StreamId
 use crate::store::{CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot};
 use crate::upcast::Upcasters;
 
+mod batch;
 mod cache;
+
+use batch::{Job, Lines};
 
 use cache::AggregateCache;
 pub use cache::{CacheOptions, CacheStats};
@@ -37,6 +39,10 @@ pub struct CommandHandlerOptions {
     pub snapshot_every: Option<u64>,
     /// Page size when reading a stream.
     pub read_batch: usize,
+    /// At most this many commands for one stream are decided together and
+    /// appended in one write (default 100; 1 appends each on its own,
+    /// still one at a time per stream). See [`CommandHandler`].
+    pub max_batch: usize,
     /// Keep the last known state and version of each stream in memory,
     /// within these bounds, and decide commands on it instead of loading
     /// the stream each time. Default `None`: off.
@@ -65,6 +71,7 @@ impl Default for CommandHandlerOptions {
             max_backoff: Duration::from_millis(250),
             snapshot_every: None,
             read_batch: 1000,
+            max_batch: 100,
             cache: None,
         }
     }
@@ -207,21 +214,51 @@ impl<E: std::error::Error + 'static> CommandError<E> {
 ///
 /// Each command runs in a `tracing` span `command` with the aggregate type,
 /// stream, command id and correlation id. The append is guarded by the
-/// version that was loaded; on a conflict the aggregate is reloaded and the
-/// command decided again, up to [`CommandHandlerOptions::max_retries`]
-/// times with exponential back-off. With the aggregate cache
-/// ([`CommandHandlerOptions::cache`], off by default), commands decide on
-/// the cached state instead, and a conflict reads only the events after
-/// the cached version.
+/// version the command was decided on; on a conflict the aggregate is
+/// reloaded and the command decided again, up to
+/// [`CommandHandlerOptions::max_retries`] times with exponential back-off.
+/// With the aggregate cache ([`CommandHandlerOptions::cache`], off by
+/// default), commands decide on the cached state instead, and a conflict
+/// reads only the events after the cached version.
 ///
-/// Clones share the store, the options and the cache.
-#[derive(Debug, Clone)]
-pub struct CommandHandler<A, S> {
+/// Commands for one stream wait their turn in the handler: they never
+/// conflict with each other within a process. The commands that queue up
+/// while an append is in flight are then decided one after another, each
+/// on the state the ones before it left, and appended together, in one
+/// write, up to [`CommandHandlerOptions::max_batch`] at a time; each keeps
+/// its own outcome (see [`execute_with`](Self::execute_with)).
+///
+/// Clones share the store, the options, the cache and the command lines.
+pub struct CommandHandler<A: Aggregate, S> {
+    inner: Arc<Inner<A, S>>,
+    lines: Arc<Lines<A>>,
+}
+
+/// What a handler's clones and its batches share.
+struct Inner<A: Aggregate, S> {
     store: S,
     upcasters: Upcasters,
     options: CommandHandlerOptions,
     cache: Option<AggregateCache<A>>,
-    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate, S> Clone for CommandHandler<A, S> {
+    fn clone(&self) -> Self {
+        CommandHandler {
+            inner: Arc::clone(&self.inner),
+            lines: Arc::clone(&self.lines),
+        }
+    }
+}
+
+impl<A: Aggregate, S: fmt::Debug> fmt::Debug for CommandHandler<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandHandler")
+            .field("aggregate", &A::TYPE)
+            .field("store", &self.inner.store)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
@@ -262,23 +299,25 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         let upcasters = A::Event::upcasters().merge(upcasters);
         upcasters.check::<A::Event>()?;
         Ok(CommandHandler {
-            store,
-            upcasters,
-            cache: options.cache.map(AggregateCache::new),
-            options,
-            _aggregate: PhantomData,
+            inner: Arc::new(Inner {
+                store,
+                upcasters,
+                cache: options.cache.map(AggregateCache::new),
+                options,
+            }),
+            lines: Arc::default(),
         })
     }
 
     /// The store this handler writes to.
     pub fn store(&self) -> &S {
-        &self.store
+        &self.inner.store
     }
 
     /// What the aggregate cache did so far, for this handler and its
     /// clones; `None` when the cache is off ([`CommandHandlerOptions::cache`]).
     pub fn cache_stats(&self) -> Option<CacheStats> {
-        self.cache.as_ref().map(AggregateCache::stats)
+        self.inner.cache.as_ref().map(AggregateCache::stats)
     }
 
     /// The stream of aggregate `id`.
@@ -297,13 +336,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     /// cached.
     pub async fn load(&self, id: &str) -> Result<(A, u64), Error> {
         let stream = Self::stream_id(id)?;
-        if self.cache.is_none() {
-            return self.load_stream(&stream).await;
+        if self.inner.cache.is_none() {
+            return self.inner.load_stream(&stream).await;
         }
-        match self.current(&stream).await {
+        match self.inner.current(&stream).await {
             Ok((state, version)) => Ok((Arc::unwrap_or_clone(state), version)),
             Err(e) => {
-                self.forget(&stream);
+                self.inner.forget(&stream);
                 Err(e)
             }
         }
@@ -367,16 +406,123 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         let stream = Self::stream_id(id)?;
         match at {
             AsOf::Version(n) => {
-                let (state, version) = match self.snapshot(&stream).await? {
+                let (state, version) = match self.inner.snapshot(&stream).await? {
                     Some((state, version)) if version <= n => (state, version),
                     _ => (A::default(), 0),
                 };
-                self.fold(&stream, state, version, Some(at)).await
+                self.inner.fold(&stream, state, version, Some(at)).await
             }
-            AsOf::Time(_) => self.fold(&stream, A::default(), 0, Some(at)).await,
+            AsOf::Time(_) => self.inner.fold(&stream, A::default(), 0, Some(at)).await,
         }
     }
 
+    /// Run `command` against aggregate `id` with a fresh command id.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.execute_with(id, command, CommandContext::default()).await
+    }
+
+    /// Run `command` against aggregate `id` with the given context.
+    ///
+    /// The command waits behind the stream's commands already in this
+    /// handler (or its clones), then runs in a batch with those queued
+    /// beside it. In a batch, each command is decided on the state the ones
+    /// before it left and keeps its own outcome: a refused command appends
+    /// nothing and does not stop the others; a batch whose append conflicts
+    /// is decided again as a whole; a command whose id was recorded before
+    /// (even in the same batch) gets that first outcome. If the store
+    /// refuses the batch's events for what they hold (too large, say), each
+    /// command is appended on its own, so only the faulty one fails.
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let stream = Self::stream_id(id)?;
+        let explicit_id = ctx.command_id.is_some();
+        let (command_id, metadata) = ctx.into_metadata();
+        let correlation_id = metadata.correlation_id.unwrap_or(command_id);
+        let span = tracing::info_span!(
+            "command",
+            aggregate = A::TYPE,
+            stream = %stream,
+            command_id = %command_id,
+            correlation_id = %correlation_id,
+        );
+        let job = Job {
+            command,
+            command_id,
+            explicit_id,
+            metadata,
+        };
+        let (run, index) = self.lines.enqueue(&self.inner, &stream, job);
+        let replies = run.instrument(span).await;
+        batch::take::<A>(&replies, index)
+    }
+
+    /// Decide `command` against aggregate `id` without appending, for a
+    /// caller that appends the events in a unit of work of its own,
+    /// atomically with its own writes (a consumer's inbox row, say).
+    ///
+    /// Append [`Decided::events`] at [`Decided::expected`]; on a conflict,
+    /// decide again. With a command id in `ctx`, the events' ids derive
+    /// from it, so appending the same decision twice is an idempotent
+    /// re-append; no command record is kept (the caller's own writes
+    /// de-duplicate). A refusal is [`CommandError::Domain`].
+    ///
+    /// With the aggregate cache on, it decides on the cached state caught
+    /// up with the store, as [`load`](Self::load) does.
+    pub async fn decide(
+        &self,
+        id: &str,
+        command: &A::Command,
+        ctx: CommandContext,
+    ) -> Result<Decided<A::Event>, CommandError<A::Error>> {
+        let stream = Self::stream_id(id)?;
+        let explicit_id = ctx.command_id.is_some();
+        let (command_id, metadata) = ctx.into_metadata();
+        let (state, version) = match self.inner.current(&stream).await {
+            Ok(current) => current,
+            Err(e) => {
+                self.inner.forget(&stream);
+                return Err(e.into());
+            }
+        };
+        let decided = state.decide(command).map_err(CommandError::Domain)?;
+        let events = encode_events::<A::Event>(&decided, command_id, explicit_id, &metadata)?;
+        Ok(Decided {
+            stream_id: stream,
+            expected: ExpectedVersion::Exact(version),
+            events,
+            decided,
+        })
+    }
+
+    /// Save a snapshot of aggregate `id` now, at its current version,
+    /// whatever [`CommandHandlerOptions::snapshot_every`] says (for an
+    /// operator, or a job that snapshots long streams off the command
+    /// path). Returns the version snapshotted, or `None` for a stream with
+    /// no events (nothing is saved). Loads read snapshots only when
+    /// `snapshot_every` is set.
+    ///
+    /// A state that cannot be encoded, or that nests deeper than a reader
+    /// accepts, is [`Error::Serialization`], and nothing is saved.
+    pub async fn snapshot_now(&self, id: &str) -> Result<Option<u64>, Error> {
+        let stream = Self::stream_id(id)?;
+        let (state, version) = self.load(id).await?;
+        if version == 0 {
+            return Ok(None);
+        }
+        self.inner.save_snapshot(&stream, version, &state).await?;
+        Ok(Some(version))
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Inner<A, S> {
     async fn load_stream(&self, stream: &StreamId) -> Result<(A, u64), Error> {
         let (state, version) = self.snapshot(stream).await?.unwrap_or_default();
         self.fold(stream, state, version, None).await
@@ -536,237 +682,6 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
-    /// Run `command` against aggregate `id` with a fresh command id.
-    pub async fn execute(
-        &self,
-        id: &str,
-        command: A::Command,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        self.execute_with(id, command, CommandContext::default()).await
-    }
-
-    /// Run `command` against aggregate `id` with the given context.
-    pub async fn execute_with(
-        &self,
-        id: &str,
-        command: A::Command,
-        ctx: CommandContext,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        let stream = Self::stream_id(id)?;
-        let explicit_id = ctx.command_id.is_some();
-        let (command_id, metadata) = ctx.into_metadata();
-        let correlation_id = metadata.correlation_id.unwrap_or(command_id);
-        let span = tracing::info_span!(
-            "command",
-            aggregate = A::TYPE,
-            stream = %stream,
-            command_id = %command_id,
-            correlation_id = %correlation_id,
-        );
-        let outcome = self
-            .run(&stream, command, command_id, explicit_id, metadata)
-            .instrument(span)
-            .await;
-        if let Err(CommandError::Store(_)) = &outcome {
-            self.forget(&stream);
-        }
-        outcome
-    }
-
-    /// Decide `command` against aggregate `id` without appending, for a
-    /// caller that appends the events in a unit of work of its own,
-    /// atomically with its own writes (a consumer's inbox row, say).
-    ///
-    /// Append [`Decided::events`] at [`Decided::expected`]; on a conflict,
-    /// decide again. With a command id in `ctx`, the events' ids derive
-    /// from it, so appending the same decision twice is an idempotent
-    /// re-append; no command record is kept (the caller's own writes
-    /// de-duplicate). A refusal is [`CommandError::Domain`].
-    ///
-    /// With the aggregate cache on, it decides on the cached state caught
-    /// up with the store, as [`load`](Self::load) does.
-    pub async fn decide(
-        &self,
-        id: &str,
-        command: &A::Command,
-        ctx: CommandContext,
-    ) -> Result<Decided<A::Event>, CommandError<A::Error>> {
-        let stream = Self::stream_id(id)?;
-        let explicit_id = ctx.command_id.is_some();
-        let (command_id, metadata) = ctx.into_metadata();
-        let (state, version) = match self.current(&stream).await {
-            Ok(current) => current,
-            Err(e) => {
-                self.forget(&stream);
-                return Err(e.into());
-            }
-        };
-        let decided = state.decide(command).map_err(CommandError::Domain)?;
-        let events = encode_events::<A::Event>(&decided, command_id, explicit_id, &metadata)?;
-        Ok(Decided {
-            stream_id: stream,
-            expected: ExpectedVersion::Exact(version),
-            events,
-            decided,
-        })
-    }
-
-    async fn run(
-        &self,
-        stream: &StreamId,
-        command: A::Command,
-        command_id: Uuid,
-        explicit_id: bool,
-        metadata: Metadata,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        if explicit_id && let Some(first) = self.store.read_command(command_id).await? {
-            return self.recorded_outcome(stream, first).await;
-        }
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.options.min_backoff)
-            .with_max_delay(self.options.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let mut retries = 0;
-        // The state to decide on next, when already known: caught up after
-        // a conflict or before an outcome without events.
-        let mut known = None;
-        loop {
-            let (state, version, fresh) = match known.take() {
-                Some((state, version)) => (state, version, true),
-                None => self.lookup(stream).await?,
-            };
-            let events = match state.decide(&command) {
-                Ok(events) if !events.is_empty() => events,
-                decided => {
-                    // No append will check the version a cached state was
-                    // decided on: check that no event came after it.
-                    if !fresh {
-                        let (current, current_version) =
-                            self.catch_up(stream, Arc::clone(&state), version).await?;
-                        if current_version != version {
-                            known = Some((current, current_version));
-                            continue;
-                        }
-                    }
-                    // An outcome without events: with a command id, it is
-                    // recorded, unless the id was decided first elsewhere.
-                    if explicit_id {
-                        let decision = match &decided {
-                            Err(refusal) => CommandDecision::Refused {
-                                version,
-                                refusal: serde_json::to_value(refusal).map_err(|e| {
-                                    Error::encode(format!("refusal of command {command_id}"), e)
-                                })?,
-                            },
-                            Ok(_) => CommandDecision::Unchanged { version },
-                        };
-                        let record = CommandRecord {
-                            command_id,
-                            stream_id: stream.clone(),
-                            decision,
-                        };
-                        if let Some(first) = self.store.record_command(record).await? {
-                            return self.recorded_outcome(stream, first).await;
-                        }
-                    }
-                    return match decided {
-                        Err(refusal) => Err(CommandError::Domain(refusal)),
-                        Ok(_) => Ok(CommandOutcome {
-                            stream_id: stream.clone(),
-                            stream_version: version,
-                            events: Vec::new(),
-                            retries,
-                            deduplicated: false,
-                        }),
-                    };
-                }
-            };
-            let new_events = encode_events::<A::Event>(&events, command_id, explicit_id, &metadata)?;
-            let ids: Vec<Uuid> = new_events.iter().map(|e| e.event_id).collect();
-            let expected = ExpectedVersion::Exact(version);
-            let appended = if explicit_id {
-                self.store
-                    .append_command(stream, expected, new_events, command_id)
-                    .await
-            } else {
-                self.store.append(stream, expected, new_events).await
-            };
-            match appended {
-                Ok(result) => {
-                    let appended_at = version + events.len() as u64;
-                    let mut state = Arc::unwrap_or_clone(state);
-                    for e in &events {
-                        state.apply(e);
-                    }
-                    self.maybe_snapshot(stream, version, result.stream_version, &state)
-                        .await;
-                    if let Some(cache) = &self.cache {
-                        // The store may answer a re-appended batch with
-                        // where it first went: then this state is not the
-                        // one at that version.
-                        if result.stream_version == appended_at {
-                            cache.put(stream, Arc::new(state), appended_at);
-                        } else {
-                            cache.remove(stream);
-                        }
-                    }
-                    let envelopes = ids
-                        .into_iter()
-                        .zip(events)
-                        .zip(result.positions.iter().copied())
-                        .enumerate()
-                        .map(|(i, ((event_id, event), position))| Envelope {
-                            event_id,
-                            stream_id: stream.clone(),
-                            stream_version: version + 1 + i as u64,
-                            global_position: Some(position),
-                            event_type: event.event_type().to_owned(),
-                            schema_version: A::Event::current_version(event.event_type()),
-                            metadata: metadata.clone(),
-                            recorded_at: None,
-                            event,
-                        })
-                        .collect();
-                    return Ok(CommandOutcome {
-                        stream_id: stream.clone(),
-                        stream_version: result.stream_version,
-                        events: envelopes,
-                        retries,
-                        deduplicated: false,
-                    });
-                }
-                // The same command id, submitted elsewhere, was decided first.
-                Err(Error::CommandAlreadyRecorded { .. }) => {
-                    self.forget(stream);
-                    let first = self.store.read_command(command_id).await?.ok_or_else(|| {
-                        Error::Backend(format!("command {command_id} is recorded but cannot be read").into())
-                    })?;
-                    return self.recorded_outcome(stream, first).await;
-                }
-                Err(conflict @ Error::Conflict { .. }) => {
-                    if retries >= self.options.max_retries {
-                        return Err(CommandError::TooManyConflicts {
-                            stream: stream.to_string(),
-                            attempts: retries + 1,
-                            last: conflict,
-                        });
-                    }
-                    retries += 1;
-                    let delay = delays.next().unwrap_or(self.options.max_backoff);
-                    tracing::debug!(retries, ?delay, "version conflict, deciding again");
-                    futures_timer::Delay::new(delay).await;
-                    // Without the cache, the next round loads the stream.
-                    if self.cache.is_some() {
-                        known = Some(self.catch_up(stream, state, version).await?);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
     /// The outcome recorded for an earlier submission of the same command
     /// id, as the first submission returned it.
     async fn recorded_outcome(
@@ -857,25 +772,6 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 state: value,
             })
             .await
-    }
-
-    /// Save a snapshot of aggregate `id` now, at its current version,
-    /// whatever [`CommandHandlerOptions::snapshot_every`] says (for an
-    /// operator, or a job that snapshots long streams off the command
-    /// path). Returns the version snapshotted, or `None` for a stream with
-    /// no events (nothing is saved). Loads read snapshots only when
-    /// `snapshot_every` is set.
-    ///
-    /// A state that cannot be encoded, or that nests deeper than a reader
-    /// accepts, is [`Error::Serialization`], and nothing is saved.
-    pub async fn snapshot_now(&self, id: &str) -> Result<Option<u64>, Error> {
-        let stream = Self::stream_id(id)?;
-        let (state, version) = self.load(id).await?;
-        if version == 0 {
-            return Ok(None);
-        }
-        self.save_snapshot(&stream, version, &state).await?;
-        Ok(Some(version))
     }
 }
 

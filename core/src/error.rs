@@ -265,6 +265,55 @@ impl Error {
         matches!(self, Error::Conflict { .. } | Error::Connection(_))
     }
 
+    /// Whether this error is about what an append was given (an event too
+    /// large or deep, a bad type name or id, a record that does not fit)
+    /// rather than about the store: the same append can never succeed.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::DuplicateEventId { .. }
+                | Error::RepeatedEventId { .. }
+                | Error::InvalidEventType { .. }
+                | Error::PayloadTooLarge { .. }
+                | Error::PayloadTooDeep { .. }
+                | Error::BatchTooLarge { .. }
+                | Error::UnencodableEvent { .. }
+                | Error::Serialization { .. }
+                | Error::InvalidCommandRecord { .. }
+        )
+    }
+
+    /// This error again, for a second party to the same failure (the
+    /// commands of one batch): the same variant where its fields can be
+    /// copied, else [`Error::Backend`] with the same message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Conflict {
+                stream,
+                expected,
+                actual,
+            } => Error::Conflict {
+                stream: stream.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::StreamCorrupted {
+                stream,
+                missing_version,
+            } => Error::StreamCorrupted {
+                stream: stream.clone(),
+                missing_version: *missing_version,
+            },
+            Error::CommandAlreadyRecorded { command_id } => Error::CommandAlreadyRecorded {
+                command_id: *command_id,
+            },
+            Error::Configuration(e) => Error::Configuration(e.to_string().into()),
+            Error::Connection(e) => Error::Connection(e.to_string().into()),
+            Error::Closed => Error::Closed,
+            other => Error::Backend(other.to_string().into()),
+        }
+    }
+
     /// [`Error::Serialization`] of `what` (say, "payload of event X")
     /// that failed to encode.
     pub fn encode(what: impl Into<String>, error: serde_json::Error) -> Self {

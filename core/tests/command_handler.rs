@@ -53,12 +53,14 @@ fn deposited_v1(value: u64) -> NewEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_resolve_conflicts_by_retry() -> Result<(), Box<dyn std::error::Error>> {
+    // Eight handlers on one store, as eight processes would be: commands
+    // within one handler wait their turn and never collide.
     let store = DelayedAppends::new(InMemoryEventStore::new(), Duration::from_millis(3));
-    let handler = Handler::with_options(store, bank::upcasters(), options(1000, None));
+    let handler = Handler::with_options(store.clone(), bank::upcasters(), options(1000, None));
     open(&handler, "acc").await?;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let handler = handler.clone();
+            let handler = Handler::with_options(store.clone(), bank::upcasters(), options(1000, None));
             tokio::spawn(async move {
                 let mut retries = 0;
                 for _ in 0..10 {
@@ -85,11 +87,12 @@ async fn concurrent_writers_resolve_conflicts_by_retry() -> Result<(), Box<dyn s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_beyond_max_retries_are_reported() -> Result<(), Box<dyn std::error::Error>> {
     let store = DelayedAppends::new(InMemoryEventStore::new(), Duration::from_millis(20));
-    let handler = Handler::with_options(store, bank::upcasters(), options(0, None));
+    let handler = Handler::with_options(store.clone(), bank::upcasters(), options(0, None));
+    let other = Handler::with_options(store, bank::upcasters(), options(0, None));
     open(&handler, "acc").await?;
     let (a, b) = tokio::join!(
         handler.execute("acc", BankCommand::Deposit { amount: 1 }),
-        handler.execute("acc", BankCommand::Deposit { amount: 2 }),
+        other.execute("acc", BankCommand::Deposit { amount: 2 }),
     );
     let failure = [a, b]
         .into_iter()

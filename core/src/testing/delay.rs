@@ -1,7 +1,13 @@
 //! A store wrapper that widens the window between load and append, so
-//! concurrent writers really do collide in tests and demos.
+//! concurrent writers really do collide in tests and demos, and that can
+//! hold an append until a test lets it go.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use uuid::Uuid;
 
@@ -10,18 +16,82 @@ use crate::event::{NewEvent, RecordedEvent, StreamId};
 use crate::store::{AppendResult, CommandRecord, EventStore, ExpectedVersion, Snapshot, Subscription};
 
 /// Wraps an [`EventStore`] and waits `delay` before every append (with or
-/// without a command record), as a slow network would. Everything else
-/// passes straight through.
+/// without command records), as a slow network would. Everything else
+/// passes straight through. Clones share the count of appends and the
+/// holds.
 #[derive(Debug, Clone)]
 pub struct DelayedAppends<S> {
     inner: S,
     delay: Duration,
+    appends: Arc<AtomicUsize>,
+    holds: Arc<Mutex<VecDeque<Held>>>,
+}
+
+/// An append held by [`DelayedAppends::hold_next`]: it waits until
+/// [`release`](Held::release).
+#[derive(Debug, Clone)]
+pub struct Held {
+    entered: watch::Sender<bool>,
+    released: watch::Sender<bool>,
+}
+
+impl Held {
+    /// Wait until the held append has been called and is waiting.
+    pub async fn entered(&self) {
+        let _ = self.entered.subscribe().wait_for(|&entered| entered).await;
+    }
+
+    /// Let the held append go on.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    async fn wait(&self) {
+        self.entered.send_replace(true);
+        let _ = self.released.subscribe().wait_for(|&released| released).await;
+    }
 }
 
 impl<S> DelayedAppends<S> {
     /// Wrap `inner`, delaying each append by `delay`.
     pub fn new(inner: S, delay: Duration) -> Self {
-        DelayedAppends { inner, delay }
+        DelayedAppends {
+            inner,
+            delay,
+            appends: Arc::default(),
+            holds: Arc::default(),
+        }
+    }
+
+    /// How many appends were called so far, of every kind.
+    pub fn appends(&self) -> usize {
+        self.appends.load(Ordering::SeqCst)
+    }
+
+    /// Hold the next append that has not been held yet: it is counted,
+    /// then waits until the returned [`Held`] is released, then waits the
+    /// delay and goes on. Holds are taken by appends in the order they
+    /// were made.
+    pub fn hold_next(&self) -> Held {
+        let held = Held {
+            entered: watch::channel(false).0,
+            released: watch::channel(false).0,
+        };
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(held.clone());
+        held
+    }
+
+    /// Count an append, wait out its hold if one is set, then the delay.
+    async fn before_append(&self) {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        let hold = self.holds.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        if let Some(hold) = hold {
+            hold.wait().await;
+        }
+        futures_timer::Delay::new(self.delay).await;
     }
 
     /// The wrapped store.
@@ -37,7 +107,7 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        futures_timer::Delay::new(self.delay).await;
+        self.before_append().await;
         self.inner.append(stream, expected, events).await
     }
 
@@ -81,7 +151,7 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
         events: Vec<NewEvent>,
         command_id: Uuid,
     ) -> Result<AppendResult> {
-        futures_timer::Delay::new(self.delay).await;
+        self.before_append().await;
         self.inner
             .append_command(stream, expected, events, command_id)
             .await
@@ -94,7 +164,7 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
         events: Vec<NewEvent>,
         records: Vec<CommandRecord>,
     ) -> Result<AppendResult> {
-        futures_timer::Delay::new(self.delay).await;
+        self.before_append().await;
         self.inner
             .append_commands(stream, expected, events, records)
             .await

@@ -17,7 +17,7 @@ pub mod fixtures;
 mod kit;
 mod laws;
 
-pub use delay::DelayedAppends;
+pub use delay::{DelayedAppends, Held};
 pub use kit::{AggregateTest, Then};
 pub use laws::{DEFAULT_MIN_ACCEPTANCE, LawViolation, Laws, LawsReport};
 pub use proptest;
