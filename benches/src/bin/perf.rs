@@ -16,6 +16,24 @@
 //! rows after the last version read, and folds them into a `Counter` with
 //! the same serde types.
 //!
+//! The command figures run `execute(id, 1)` on the `Counter` aggregate
+//! through one handler (clones of it), on fresh aggregates each round, and
+//! report, summed over all rounds, `commands`, `failed` (a failed command
+//! is counted, not fatal) and `conflicts` (the retries the commands took).
+//! Unless said otherwise, the baseline does as many raw single-event
+//! appends to one stream as the figure runs commands, one INSERT per
+//! transaction, on one connection.
+//!
+//! - `command_long_stream_1_writer`: 2,000 commands on one stream, one at
+//!   a time; also the median latency of the first and of the last tenth of
+//!   them (`first_10pct_p50_ms`, `last_10pct_p50_ms`) and `flatness`, last
+//!   over first, each the median over rounds.
+//! - `command_one_stream_8_writers`: 8 writers × 200 commands on one
+//!   stream.
+//! - `command_distinct_streams_16_writers`: 16 writers × 500 commands, each
+//!   on a stream of its own; the baseline has 16 writers on 16
+//!   connections, each appending single events to a raw stream of its own.
+//!
 //! The projection figures run in a database of their own:
 //! `projection_catch_up` rebuilds a read model (one upsert per event) from
 //! the whole log through the daemon, against a raw sqlx loop doing the same
@@ -30,10 +48,11 @@
 //! database; `--max-concurrent-appends=N` sets the store's option of that
 //! name (its default otherwise); `--aggregate-cache` turns the command
 //! handler's aggregate cache on (default options) in the command figures;
-//! any other argument selects the figures
-//! whose name contains it.
+//! any other argument selects the figures whose name contains it.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -54,6 +73,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const ROUNDS: usize = 5;
+
+type Handler = CommandHandler<Counter, PgEventStore>;
 
 /// Whether the server commits durably (`fsync` and `synchronous_commit`
 /// on), read from the server at start; printed with every figure.
@@ -77,14 +98,18 @@ impl Sample {
     }
 
     fn percentile_ms(&self, p: f64) -> Option<f64> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        let mut l = self.latencies.clone();
-        l.sort();
-        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
-        Some(l[i].as_secs_f64() * 1000.0)
+        percentile_ms(&self.latencies, p)
     }
+}
+
+fn percentile_ms(latencies: &[Duration], p: f64) -> Option<f64> {
+    if latencies.is_empty() {
+        return None;
+    }
+    let mut l = latencies.to_vec();
+    l.sort();
+    let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+    Some(l[i].as_secs_f64() * 1000.0)
 }
 
 fn median(samples: &[Sample]) -> Sample {
@@ -374,12 +399,134 @@ async fn raw_fold(pool: &PgPool, stream: &str) -> Res<(Counter, i64)> {
     }
 }
 
+/// Single-event appends by `writers` writers through `pool`, each on a
+/// fresh raw stream of its own (versions 1, 2, ...), one INSERT per
+/// transaction.
+fn raw_appends(pool: PgPool, writers: usize, per_writer: usize) -> impl Future<Output = Res<Sample>> {
+    let tag = Uuid::now_v7();
+    run_writers(writers, per_writer, move |w, i| {
+        let pool = pool.clone();
+        async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
+    })
+}
+
+/// What commands did: how many were run, how many failed, how many
+/// retries after conflicts they took.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    commands: u64,
+    failed: u64,
+    retries: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.commands += other.commands;
+        self.failed += other.failed;
+        self.retries += other.retries;
+    }
+
+    fn json(&self) -> Value {
+        json!({ "commands": self.commands, "failed": self.failed, "conflicts": self.retries })
+    }
+}
+
+/// `per_writer` commands (`execute(id, 1)`) by each of `ids.len()`
+/// writers through clones of `handler`, writer `w` on aggregate `ids[w]`.
+/// A failed command is counted, not fatal; the sample counts the commands
+/// that succeeded.
+async fn run_commands(handler: Handler, ids: Vec<String>, per_writer: usize) -> Res<(Sample, Counts)> {
+    let (retries, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r, f) = (retries.clone(), failed.clone());
+    let writers = ids.len();
+    let mut sample = run_writers(writers, per_writer, move |w, _| {
+        let (handler, id, retries, failed) = (handler.clone(), ids[w].clone(), r.clone(), f.clone());
+        async move {
+            match handler.execute(&id, 1).await {
+                Ok(outcome) => retries.fetch_add(outcome.retries as u64, Ordering::Relaxed),
+                Err(e) if failed.fetch_add(1, Ordering::Relaxed) == 0 => {
+                    let pid = std::process::id();
+                    eprintln!("perf (pid {pid}): a command failed (the others are only counted): {e}");
+                    0
+                }
+                Err(_) => 0,
+            };
+            Ok(())
+        }
+    })
+    .await?;
+    let counts = Counts {
+        commands: sample.ops,
+        failed: failed.load(Ordering::Relaxed),
+        retries: retries.load(Ordering::Relaxed),
+    };
+    sample.ops -= counts.failed;
+    Ok((sample, counts))
+}
+
+/// Rounds of `raw` against `fw`, the commands' counts summed.
+async fn command_rounds<R, F>(raw: impl Fn() -> R, fw: impl Fn() -> F) -> Res<(Rounds, Counts)>
+where
+    R: Future<Output = Res<Sample>>,
+    F: Future<Output = Res<(Sample, Counts)>>,
+{
+    let (mut rounds, mut counts) = (Rounds::default(), Counts::default());
+    for _ in 0..ROUNDS {
+        let fw = fw();
+        let counted = async {
+            let (sample, c) = fw.await?;
+            counts.add(c);
+            Ok(sample)
+        };
+        rounds.run(raw(), counted).await?;
+    }
+    Ok((rounds, counts))
+}
+
+/// The command figures' handler: no snapshots, the aggregate cache as
+/// `--aggregate-cache` says.
+fn command_handler(store: PgEventStore) -> Handler {
+    let options = CommandHandlerOptions {
+        snapshot_every: None,
+        cache: std::env::args()
+            .any(|a| a == "--aggregate-cache")
+            .then(strata_core::CacheOptions::default),
+        ..CommandHandlerOptions::default()
+    };
+    CommandHandler::with_options(store, Upcasters::new(), options)
+}
+
+/// The store, with `--max-concurrent-appends=N` applied.
+async fn connect_store(url: &str) -> Res<PgEventStore> {
+    let mut options = PgEventStoreOptions::new(url).max_connections(20);
+    if let Some(n) =
+        std::env::args().find_map(|a| a.strip_prefix("--max-concurrent-appends=").map(str::to_owned))
+    {
+        options = options.max_concurrent_appends(n.parse()?);
+    }
+    Ok(options.connect().await?)
+}
+
+/// Open `writers` connections of the handler's pool before a measurement
+/// (concurrent loads of an aggregate that does not exist).
+async fn warm_up(handler: &Handler, writers: usize) -> Res<()> {
+    let handler = handler.clone();
+    run_writers(writers, 1, move |_, _| {
+        let handler = handler.clone();
+        async move {
+            handler.load("warm-up").await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 struct Bench {
     store: PgEventStore,
     pool: PgPool,
-    /// The command handler's aggregate cache (`--aggregate-cache`; off
-    /// otherwise, its default).
-    cache: Option<strata_core::CacheOptions>,
+    /// A pool of one connection, for the raw baselines on one connection.
+    serial: PgPool,
 }
 
 impl Bench {
@@ -392,11 +539,7 @@ impl Bench {
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
-            let pool = self.pool.clone();
-            let raw = run_writers(writers, per_writer, move |w, i| {
-                let pool = pool.clone();
-                async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
-            });
+            let raw = raw_appends(self.pool.clone(), writers, per_writer);
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
             let fw = run_writers(writers, per_writer, move |w, i| {
@@ -456,11 +599,6 @@ impl Bench {
     /// per writer.
     async fn commands(&self, writers: usize, per_writer: usize) -> Res<Rounds> {
         let mut rounds = Rounds::default();
-        let options = CommandHandlerOptions {
-            snapshot_every: None,
-            cache: self.cache,
-            ..CommandHandlerOptions::default()
-        };
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
@@ -473,11 +611,7 @@ impl Bench {
                     raw_insert(&pool, &stream, version + 1, &event).await
                 }
             });
-            let handler = CommandHandler::<Counter, _>::with_options(
-                self.store.clone(),
-                Upcasters::new(),
-                options.clone(),
-            );
+            let handler = command_handler(self.store.clone());
             let fw = run_writers(writers, per_writer, move |w, i| {
                 let handler = handler.clone();
                 async move {
@@ -489,6 +623,34 @@ impl Bench {
             rounds.run(raw, fw).await?;
         }
         Ok(rounds)
+    }
+
+    /// `writers` × `per_writer` commands through one handler, on one fresh
+    /// aggregate per round (`one_stream`) or one fresh aggregate per
+    /// writer, against `raw`.
+    async fn command_figure<R: Future<Output = Res<Sample>>>(
+        &self,
+        writers: usize,
+        per_writer: usize,
+        one_stream: bool,
+        raw: impl Fn() -> R,
+    ) -> Res<(Rounds, Counts)> {
+        let handler = command_handler(self.store.clone());
+        warm_up(&handler, writers).await?;
+        command_rounds(raw, || {
+            let tag = Uuid::now_v7();
+            let ids = (0..writers)
+                .map(|w| {
+                    if one_stream {
+                        tag.to_string()
+                    } else {
+                        format!("{tag}-{w}")
+                    }
+                })
+                .collect();
+            run_commands(handler.clone(), ids, per_writer)
+        })
+        .await
     }
 
     /// Fill one framework stream and one raw stream with `len` events.
@@ -1060,25 +1222,17 @@ async fn main() -> Res<()> {
         Some((base, _)) => format!("{base}/{db}"),
         None => return Err("DATABASE_URL has no database name".into()),
     };
-    let mut options = PgEventStoreOptions::new(db_url.clone()).max_connections(20);
-    if let Some(n) =
-        std::env::args().find_map(|a| a.strip_prefix("--max-concurrent-appends=").map(str::to_owned))
-    {
-        options = options.max_concurrent_appends(n.parse()?);
-    }
-    let store = options.connect().await?;
+    let store = connect_store(&db_url).await?;
     store.migrate().await?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
+    let serial = PgPoolOptions::new().max_connections(1).connect(&db_url).await?;
     pool.execute(RAW_SCHEMA).await?;
     let (fsync, sync_commit): (String, String) =
         sqlx::query_as("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
             .fetch_one(&pool)
             .await?;
     let _ = DURABLE.set(fsync == "on" && sync_commit == "on");
-    let cache = std::env::args()
-        .any(|a| a == "--aggregate-cache")
-        .then(strata_core::CacheOptions::default);
-    let bench = Bench { store, pool, cache };
+    let bench = Bench { store, pool, serial };
 
     if wanted("append_single_1_writer") {
         let rounds = bench.single_appends(1, 1500 / scale).await?;
@@ -1103,6 +1257,55 @@ async fn main() -> Res<()> {
     if wanted("command_round_trip_16_writers") {
         let rounds = bench.commands(16, 150 / scale).await?;
         report("command_round_trip_16_writers", "commands/s", &rounds, json!({}));
+    }
+    let serial_appends = |n: usize| raw_appends(bench.serial.clone(), 1, n);
+    let one_connection =
+        "single-event appends to one raw stream, one INSERT per transaction, on one connection";
+    if wanted("command_long_stream_1_writer") {
+        let n = 2000 / scale;
+        let (rounds, counts) = bench.command_figure(1, n, true, || serial_appends(n)).await?;
+        let mut extra = counts.json();
+        extra["baseline"] = json!(format!("{n} {one_connection}"));
+        // Per round: the median latency of the first and of the last tenth
+        // of the commands, in order.
+        let (mut first, mut last, mut flatness) = (Vec::new(), Vec::new(), Vec::new());
+        for sample in &rounds.fw {
+            let (all, tenth) = (&sample.latencies, (sample.latencies.len() / 10).max(1));
+            let p50 = |l: &[Duration]| percentile_ms(l, 0.5).unwrap_or(0.0);
+            let (f, l) = (p50(&all[..tenth]), p50(&all[all.len() - tenth..]));
+            first.push(f);
+            last.push(l);
+            flatness.push(l / f);
+        }
+        for (key, mut values) in [
+            ("first_10pct_p50_ms", first),
+            ("last_10pct_p50_ms", last),
+            ("flatness", flatness),
+        ] {
+            values.sort_by(f64::total_cmp);
+            extra[key] = json!(round3(values[values.len() / 2]));
+        }
+        report("command_long_stream_1_writer", "commands/s", &rounds, extra);
+    }
+    if wanted("command_one_stream_8_writers") {
+        let n = 200 / scale;
+        let (rounds, counts) = bench.command_figure(8, n, true, || serial_appends(8 * n)).await?;
+        let mut extra = counts.json();
+        extra["baseline"] = json!(format!("{} {one_connection}", 8 * n));
+        report("command_one_stream_8_writers", "commands/s", &rounds, extra);
+    }
+    if wanted("command_distinct_streams_16_writers") {
+        let n = 500 / scale;
+        let raw = || raw_appends(bench.pool.clone(), 16, n);
+        let (rounds, counts) = bench.command_figure(16, n, false, raw).await?;
+        let mut extra = counts.json();
+        extra["baseline"] = json!("16 writers on 16 connections, single-event appends to a raw stream each");
+        report(
+            "command_distinct_streams_16_writers",
+            "commands/s",
+            &rounds,
+            extra,
+        );
     }
     if wanted("load_10k_stream_no_snapshot") {
         let rounds = bench.loads(10_000, false, 20 / scale.min(4)).await?;
