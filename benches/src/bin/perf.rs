@@ -30,6 +30,9 @@
 //!   over first, each the median over rounds.
 //! - `command_one_stream_8_writers`: 8 writers × 200 commands on one
 //!   stream.
+//! - `command_one_stream_2_processes`: the same in two processes at once,
+//!   3,200 commands (the second process is this program run again with
+//!   `--child-writers`).
 //! - `command_distinct_streams_16_writers`: 16 writers × 500 commands, each
 //!   on a stream of its own; the baseline has 16 writers on 16
 //!   connections, each appending single events to a raw stream of its own.
@@ -48,9 +51,12 @@
 //! database; `--max-concurrent-appends=N` sets the store's option of that
 //! name (its default otherwise); `--aggregate-cache` turns the command
 //! handler's aggregate cache on (default options) in the command figures;
-//! any other argument selects the figures whose name contains it.
+//! `--child-writers=...` runs the second process of
+//! `command_one_stream_2_processes` (internal); any other argument selects
+//! the figures whose name contains it.
 
 use std::future::Future;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -67,12 +73,16 @@ use strata_core::{
 use strata_projections::postgres::{PgDaemon, PgProjection};
 use strata_projections::{Projection, RunnerOptions};
 use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const ROUNDS: usize = 5;
+
+/// The environment variable that gives `--child-writers` its database.
+const CHILD_DB: &str = "STRATA_PERF_CHILD_DB";
 
 type Handler = CommandHandler<Counter, PgEventStore>;
 
@@ -522,11 +532,35 @@ async fn warm_up(handler: &Handler, writers: usize) -> Res<()> {
     Ok(())
 }
 
+/// The second process of `command_one_stream_2_processes`, run as
+/// `perf --child-writers=<aggregate id>,<writers>,<per writer>` with the
+/// database's URL in `STRATA_PERF_CHILD_DB`: it connects, prints `ready`,
+/// waits for a line on stdin, runs its writers through a handler of its
+/// own and prints their counts and latencies as one JSON line.
+async fn child_writers(spec: &str) -> Res<()> {
+    let [id, writers, per_writer] = spec.splitn(3, ',').collect::<Vec<_>>()[..] else {
+        return Err(format!("--child-writers={spec}: want <aggregate id>,<writers>,<per writer>").into());
+    };
+    let writers: usize = writers.parse()?;
+    let handler = command_handler(connect_store(&std::env::var(CHILD_DB)?).await?);
+    warm_up(&handler, writers).await?;
+    println!("ready");
+    BufReader::new(tokio::io::stdin()).lines().next_line().await?;
+    let (sample, counts) = run_commands(handler, vec![id.to_owned(); writers], per_writer.parse()?).await?;
+    let latencies: Vec<u64> = sample.latencies.iter().map(|l| l.as_micros() as u64).collect();
+    let mut line = counts.json();
+    line["latencies_us"] = json!(latencies);
+    println!("{line}");
+    Ok(())
+}
+
 struct Bench {
     store: PgEventStore,
     pool: PgPool,
     /// A pool of one connection, for the raw baselines on one connection.
     serial: PgPool,
+    /// The database's URL, for the second process.
+    url: String,
 }
 
 impl Bench {
@@ -651,6 +685,68 @@ impl Bench {
             run_commands(handler.clone(), ids, per_writer)
         })
         .await
+    }
+
+    /// `writers` × `per_writer` commands on one fresh aggregate in this
+    /// process and as many in a second one (this program, run with
+    /// `--child-writers`), started together; the sample covers both.
+    async fn two_processes(
+        &self,
+        handler: Handler,
+        writers: usize,
+        per_writer: usize,
+    ) -> Res<(Sample, Counts)> {
+        let id = Uuid::now_v7().to_string();
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg(format!("--child-writers={id},{writers},{per_writer}"))
+            .args(
+                std::env::args()
+                    .filter(|a| a == "--aggregate-cache" || a.starts_with("--max-concurrent-appends=")),
+            )
+            .env(CHILD_DB, &self.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut start_signal = child.stdin.take().ok_or("the child has no stdin")?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("the child has no stdout")?).lines();
+        if lines.next_line().await?.as_deref() != Some("ready") {
+            return Err("the child process did not get ready".into());
+        }
+        let start = Instant::now();
+        start_signal.write_all(b"go\n").await?;
+        let (mut sample, mut counts) = run_commands(handler, vec![id; writers], per_writer).await?;
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or("the child process printed no result")?;
+        sample.elapsed = start.elapsed();
+        if !child.wait().await?.success() {
+            return Err("the child process failed".into());
+        }
+        let theirs: Value = serde_json::from_str(&line)?;
+        let field = |name: &str| {
+            theirs[name]
+                .as_u64()
+                .ok_or(format!("the child's {name} is missing"))
+        };
+        let child_counts = Counts {
+            commands: field("commands")?,
+            failed: field("failed")?,
+            retries: field("conflicts")?,
+        };
+        counts.add(child_counts);
+        sample.ops += child_counts.commands - child_counts.failed;
+        let latencies = theirs["latencies_us"]
+            .as_array()
+            .ok_or("the child's latencies are missing")?;
+        sample.latencies.extend(
+            latencies
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(Duration::from_micros),
+        );
+        Ok((sample, counts))
     }
 
     /// Fill one framework stream and one raw stream with `len` events.
@@ -1206,6 +1302,9 @@ impl ProjectionBench {
 
 #[tokio::main]
 async fn main() -> Res<()> {
+    if let Some(spec) = std::env::args().find_map(|a| a.strip_prefix("--child-writers=").map(str::to_owned)) {
+        return child_writers(&spec).await;
+    }
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set; run scripts/bench")?;
     let quick = std::env::args().any(|a| a == "--quick");
     // Other arguments select figures by a part of their name.
@@ -1232,7 +1331,12 @@ async fn main() -> Res<()> {
             .fetch_one(&pool)
             .await?;
     let _ = DURABLE.set(fsync == "on" && sync_commit == "on");
-    let bench = Bench { store, pool, serial };
+    let bench = Bench {
+        store,
+        pool,
+        serial,
+        url: db_url.clone(),
+    };
 
     if wanted("append_single_1_writer") {
         let rounds = bench.single_appends(1, 1500 / scale).await?;
@@ -1293,6 +1397,20 @@ async fn main() -> Res<()> {
         let mut extra = counts.json();
         extra["baseline"] = json!(format!("{} {one_connection}", 8 * n));
         report("command_one_stream_8_writers", "commands/s", &rounds, extra);
+    }
+    if wanted("command_one_stream_2_processes") {
+        let n = 200 / scale;
+        let handler = command_handler(bench.store.clone());
+        warm_up(&handler, 8).await?;
+        let (rounds, counts) = command_rounds(
+            || serial_appends(16 * n),
+            || bench.two_processes(handler.clone(), 8, n),
+        )
+        .await?;
+        let mut extra = counts.json();
+        extra["processes"] = json!(2);
+        extra["baseline"] = json!(format!("{} {one_connection}", 16 * n));
+        report("command_one_stream_2_processes", "commands/s", &rounds, extra);
     }
     if wanted("command_distinct_streams_16_writers") {
         let n = 500 / scale;
