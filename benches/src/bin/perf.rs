@@ -10,6 +10,33 @@
 //! median rates), `ratio` (the median of the per-round ratios framework /
 //! raw; higher is better) and `ratio_min`/`ratio_max`.
 //!
+//! `load_10k_stream_no_snapshot` loads a 10,000-event stream; its baseline
+//! reads only what a fold needs (version, type, schema version, payload) in
+//! pages of 1,000 rows (the handler's default `read_batch`), each page the
+//! rows after the last version read, and folds them into a `Counter` with
+//! the same serde types.
+//!
+//! The command figures run `execute(id, 1)` on the `Counter` aggregate
+//! through one handler (clones of it), on fresh aggregates each round, and
+//! report, summed over all rounds, `commands`, `failed` (a failed command
+//! is counted, not fatal) and `conflicts` (the retries the commands took).
+//! Unless said otherwise, the baseline does as many raw single-event
+//! appends to one stream as the figure runs commands, one INSERT per
+//! transaction, on one connection.
+//!
+//! - `command_long_stream_1_writer`: 2,000 commands on one stream, one at
+//!   a time; also the median latency of the first and of the last tenth of
+//!   them (`first_10pct_p50_ms`, `last_10pct_p50_ms`) and `flatness`, last
+//!   over first, each the median over rounds.
+//! - `command_one_stream_8_writers`: 8 writers × 200 commands on one
+//!   stream.
+//! - `command_one_stream_2_processes`: the same in two processes at once,
+//!   3,200 commands (the second process is this program run again with
+//!   `--child-writers`).
+//! - `command_distinct_streams_16_writers`: 16 writers × 500 commands, each
+//!   on a stream of its own; the baseline has 16 writers on 16
+//!   connections, each appending single events to a raw stream of its own.
+//!
 //! The projection figures run in a database of their own:
 //! `projection_catch_up` rebuilds a read model (one upsert per event) from
 //! the whole log through the daemon, against a raw sqlx loop doing the same
@@ -24,10 +51,14 @@
 //! database; `--max-concurrent-appends=N` sets the store's option of that
 //! name (its default otherwise); `--aggregate-cache` turns the command
 //! handler's aggregate cache on (default options) in the command figures;
-//! any other argument selects the figures
-//! whose name contains it.
+//! `--child-writers=...` runs the second process of
+//! `command_one_stream_2_processes` (internal); any other argument selects
+//! the figures whose name contains it.
 
 use std::future::Future;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,12 +73,18 @@ use strata_core::{
 use strata_projections::postgres::{PgDaemon, PgProjection};
 use strata_projections::{Projection, RunnerOptions};
 use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const ROUNDS: usize = 5;
+
+/// The environment variable that gives `--child-writers` its database.
+const CHILD_DB: &str = "STRATA_PERF_CHILD_DB";
+
+type Handler = CommandHandler<Counter, PgEventStore>;
 
 /// Whether the server commits durably (`fsync` and `synchronous_commit`
 /// on), read from the server at start; printed with every figure.
@@ -71,14 +108,18 @@ impl Sample {
     }
 
     fn percentile_ms(&self, p: f64) -> Option<f64> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        let mut l = self.latencies.clone();
-        l.sort();
-        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
-        Some(l[i].as_secs_f64() * 1000.0)
+        percentile_ms(&self.latencies, p)
     }
+}
+
+fn percentile_ms(latencies: &[Duration], p: f64) -> Option<f64> {
+    if latencies.is_empty() {
+        return None;
+    }
+    let mut l = latencies.to_vec();
+    l.sort();
+    let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+    Some(l[i].as_secs_f64() * 1000.0)
 }
 
 fn median(samples: &[Sample]) -> Sample {
@@ -324,19 +365,202 @@ async fn raw_load(pool: &PgPool, stream: &str, from: i64, mut total: u64) -> Res
         .await?;
     let mut version = from - 1;
     for row in rows {
-        let CounterEvent::Added { n, .. } = serde_json::from_value(serde_json::json!({ row.3: row.5 }))?;
+        let CounterEvent::Added { n, .. } = decode(&row.3, row.5)?;
         total += n;
         version = row.1;
     }
     Ok((total, version))
 }
 
+/// A stored counter event, decoded with its serde types.
+fn decode(event_type: &str, payload: Value) -> Res<CounterEvent> {
+    Ok(serde_json::from_value(json!({ event_type: payload }))?)
+}
+
+/// Load a raw stream as the command handler does: only the columns a fold
+/// needs, in pages of the handler's default `read_batch` rows, each page
+/// the rows after the last version read (until a page is not full), each
+/// event checked to follow the last and folded into a `Counter`.
+async fn raw_fold(pool: &PgPool, stream: &str) -> Res<(Counter, i64)> {
+    let batch = CommandHandlerOptions::default().read_batch;
+    let (mut state, mut last) = (Counter::default(), 0i64);
+    loop {
+        let rows: Vec<(i64, String, i32, Value)> = sqlx::query_as(
+            "SELECT stream_version, event_type, schema_version, payload FROM raw.events
+             WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version LIMIT $3",
+        )
+        .bind(stream)
+        .bind(last)
+        .bind(batch as i64)
+        .fetch_all(pool)
+        .await?;
+        let full = rows.len() == batch;
+        for (version, event_type, schema, payload) in rows {
+            let current = <CounterEvent as strata_core::Event>::current_version(&event_type);
+            if version != last + 1 || schema != current as i32 {
+                return Err(format!("{stream}: event {version} (schema {schema}) after {last}").into());
+            }
+            state.apply(&decode(&event_type, payload)?);
+            last = version;
+        }
+        if !full {
+            return Ok((state, last));
+        }
+    }
+}
+
+/// Single-event appends by `writers` writers through `pool`, each on a
+/// fresh raw stream of its own (versions 1, 2, ...), one INSERT per
+/// transaction.
+fn raw_appends(pool: PgPool, writers: usize, per_writer: usize) -> impl Future<Output = Res<Sample>> {
+    let tag = Uuid::now_v7();
+    run_writers(writers, per_writer, move |w, i| {
+        let pool = pool.clone();
+        async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
+    })
+}
+
+/// What commands did: how many were run, how many failed, how many
+/// retries after conflicts they took.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    commands: u64,
+    failed: u64,
+    retries: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.commands += other.commands;
+        self.failed += other.failed;
+        self.retries += other.retries;
+    }
+
+    fn json(&self) -> Value {
+        json!({ "commands": self.commands, "failed": self.failed, "conflicts": self.retries })
+    }
+}
+
+/// `per_writer` commands (`execute(id, 1)`) by each of `ids.len()`
+/// writers through clones of `handler`, writer `w` on aggregate `ids[w]`.
+/// A failed command is counted, not fatal; the sample counts the commands
+/// that succeeded.
+async fn run_commands(handler: Handler, ids: Vec<String>, per_writer: usize) -> Res<(Sample, Counts)> {
+    let (retries, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r, f) = (retries.clone(), failed.clone());
+    let writers = ids.len();
+    let mut sample = run_writers(writers, per_writer, move |w, _| {
+        let (handler, id, retries, failed) = (handler.clone(), ids[w].clone(), r.clone(), f.clone());
+        async move {
+            match handler.execute(&id, 1).await {
+                Ok(outcome) => retries.fetch_add(outcome.retries as u64, Ordering::Relaxed),
+                Err(e) if failed.fetch_add(1, Ordering::Relaxed) == 0 => {
+                    let pid = std::process::id();
+                    eprintln!("perf (pid {pid}): a command failed (the others are only counted): {e}");
+                    0
+                }
+                Err(_) => 0,
+            };
+            Ok(())
+        }
+    })
+    .await?;
+    let counts = Counts {
+        commands: sample.ops,
+        failed: failed.load(Ordering::Relaxed),
+        retries: retries.load(Ordering::Relaxed),
+    };
+    sample.ops -= counts.failed;
+    Ok((sample, counts))
+}
+
+/// Rounds of `raw` against `fw`, the commands' counts summed.
+async fn command_rounds<R, F>(raw: impl Fn() -> R, fw: impl Fn() -> F) -> Res<(Rounds, Counts)>
+where
+    R: Future<Output = Res<Sample>>,
+    F: Future<Output = Res<(Sample, Counts)>>,
+{
+    let (mut rounds, mut counts) = (Rounds::default(), Counts::default());
+    for _ in 0..ROUNDS {
+        let fw = fw();
+        let counted = async {
+            let (sample, c) = fw.await?;
+            counts.add(c);
+            Ok(sample)
+        };
+        rounds.run(raw(), counted).await?;
+    }
+    Ok((rounds, counts))
+}
+
+/// The command figures' handler: no snapshots, the aggregate cache as
+/// `--aggregate-cache` says.
+fn command_handler(store: PgEventStore) -> Handler {
+    let options = CommandHandlerOptions {
+        snapshot_every: None,
+        cache: std::env::args()
+            .any(|a| a == "--aggregate-cache")
+            .then(strata_core::CacheOptions::default),
+        ..CommandHandlerOptions::default()
+    };
+    CommandHandler::with_options(store, Upcasters::new(), options)
+}
+
+/// The store, with `--max-concurrent-appends=N` applied.
+async fn connect_store(url: &str) -> Res<PgEventStore> {
+    let mut options = PgEventStoreOptions::new(url).max_connections(20);
+    if let Some(n) =
+        std::env::args().find_map(|a| a.strip_prefix("--max-concurrent-appends=").map(str::to_owned))
+    {
+        options = options.max_concurrent_appends(n.parse()?);
+    }
+    Ok(options.connect().await?)
+}
+
+/// Open `writers` connections of the handler's pool before a measurement
+/// (concurrent loads of an aggregate that does not exist).
+async fn warm_up(handler: &Handler, writers: usize) -> Res<()> {
+    let handler = handler.clone();
+    run_writers(writers, 1, move |_, _| {
+        let handler = handler.clone();
+        async move {
+            handler.load("warm-up").await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// The second process of `command_one_stream_2_processes`, run as
+/// `perf --child-writers=<aggregate id>,<writers>,<per writer>` with the
+/// database's URL in `STRATA_PERF_CHILD_DB`: it connects, prints `ready`,
+/// waits for a line on stdin, runs its writers through a handler of its
+/// own and prints their counts and latencies as one JSON line.
+async fn child_writers(spec: &str) -> Res<()> {
+    let [id, writers, per_writer] = spec.splitn(3, ',').collect::<Vec<_>>()[..] else {
+        return Err(format!("--child-writers={spec}: want <aggregate id>,<writers>,<per writer>").into());
+    };
+    let writers: usize = writers.parse()?;
+    let handler = command_handler(connect_store(&std::env::var(CHILD_DB)?).await?);
+    warm_up(&handler, writers).await?;
+    println!("ready");
+    BufReader::new(tokio::io::stdin()).lines().next_line().await?;
+    let (sample, counts) = run_commands(handler, vec![id.to_owned(); writers], per_writer.parse()?).await?;
+    let latencies: Vec<u64> = sample.latencies.iter().map(|l| l.as_micros() as u64).collect();
+    let mut line = counts.json();
+    line["latencies_us"] = json!(latencies);
+    println!("{line}");
+    Ok(())
+}
+
 struct Bench {
     store: PgEventStore,
     pool: PgPool,
-    /// The command handler's aggregate cache (`--aggregate-cache`; off
-    /// otherwise, its default).
-    cache: Option<strata_core::CacheOptions>,
+    /// A pool of one connection, for the raw baselines on one connection.
+    serial: PgPool,
+    /// The database's URL, for the second process.
+    url: String,
 }
 
 impl Bench {
@@ -349,11 +573,7 @@ impl Bench {
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
-            let pool = self.pool.clone();
-            let raw = run_writers(writers, per_writer, move |w, i| {
-                let pool = pool.clone();
-                async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
-            });
+            let raw = raw_appends(self.pool.clone(), writers, per_writer);
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
             let fw = run_writers(writers, per_writer, move |w, i| {
@@ -413,11 +633,6 @@ impl Bench {
     /// per writer.
     async fn commands(&self, writers: usize, per_writer: usize) -> Res<Rounds> {
         let mut rounds = Rounds::default();
-        let options = CommandHandlerOptions {
-            snapshot_every: None,
-            cache: self.cache,
-            ..CommandHandlerOptions::default()
-        };
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
@@ -430,11 +645,7 @@ impl Bench {
                     raw_insert(&pool, &stream, version + 1, &event).await
                 }
             });
-            let handler = CommandHandler::<Counter, _>::with_options(
-                self.store.clone(),
-                Upcasters::new(),
-                options.clone(),
-            );
+            let handler = command_handler(self.store.clone());
             let fw = run_writers(writers, per_writer, move |w, i| {
                 let handler = handler.clone();
                 async move {
@@ -446,6 +657,96 @@ impl Bench {
             rounds.run(raw, fw).await?;
         }
         Ok(rounds)
+    }
+
+    /// `writers` × `per_writer` commands through one handler, on one fresh
+    /// aggregate per round (`one_stream`) or one fresh aggregate per
+    /// writer, against `raw`.
+    async fn command_figure<R: Future<Output = Res<Sample>>>(
+        &self,
+        writers: usize,
+        per_writer: usize,
+        one_stream: bool,
+        raw: impl Fn() -> R,
+    ) -> Res<(Rounds, Counts)> {
+        let handler = command_handler(self.store.clone());
+        warm_up(&handler, writers).await?;
+        command_rounds(raw, || {
+            let tag = Uuid::now_v7();
+            let ids = (0..writers)
+                .map(|w| {
+                    if one_stream {
+                        tag.to_string()
+                    } else {
+                        format!("{tag}-{w}")
+                    }
+                })
+                .collect();
+            run_commands(handler.clone(), ids, per_writer)
+        })
+        .await
+    }
+
+    /// `writers` × `per_writer` commands on one fresh aggregate in this
+    /// process and as many in a second one (this program, run with
+    /// `--child-writers`), started together; the sample covers both.
+    async fn two_processes(
+        &self,
+        handler: Handler,
+        writers: usize,
+        per_writer: usize,
+    ) -> Res<(Sample, Counts)> {
+        let id = Uuid::now_v7().to_string();
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg(format!("--child-writers={id},{writers},{per_writer}"))
+            .args(
+                std::env::args()
+                    .filter(|a| a == "--aggregate-cache" || a.starts_with("--max-concurrent-appends=")),
+            )
+            .env(CHILD_DB, &self.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut start_signal = child.stdin.take().ok_or("the child has no stdin")?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("the child has no stdout")?).lines();
+        if lines.next_line().await?.as_deref() != Some("ready") {
+            return Err("the child process did not get ready".into());
+        }
+        let start = Instant::now();
+        start_signal.write_all(b"go\n").await?;
+        let (mut sample, mut counts) = run_commands(handler, vec![id; writers], per_writer).await?;
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or("the child process printed no result")?;
+        sample.elapsed = start.elapsed();
+        if !child.wait().await?.success() {
+            return Err("the child process failed".into());
+        }
+        let theirs: Value = serde_json::from_str(&line)?;
+        let field = |name: &str| {
+            theirs[name]
+                .as_u64()
+                .ok_or(format!("the child's {name} is missing"))
+        };
+        let child_counts = Counts {
+            commands: field("commands")?,
+            failed: field("failed")?,
+            retries: field("conflicts")?,
+        };
+        counts.add(child_counts);
+        sample.ops += child_counts.commands - child_counts.failed;
+        let latencies = theirs["latencies_us"]
+            .as_array()
+            .ok_or("the child's latencies are missing")?;
+        sample.latencies.extend(
+            latencies
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(Duration::from_micros),
+        );
+        Ok((sample, counts))
     }
 
     /// Fill one framework stream and one raw stream with `len` events.
@@ -499,18 +800,23 @@ impl Bench {
             let raw = run_writers(1, loads, move |_, _| {
                 let (pool, stream) = (pool.clone(), raw_stream.clone());
                 async move {
-                    let (total, from) = if snapshot {
-                        let (version, state): (i64, Value) = sqlx::query_as(
-                            "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
-                        )
-                        .bind(&stream)
-                        .fetch_one(&pool)
-                        .await?;
-                        (serde_json::from_value::<Counter>(state)?.total, version + 1)
-                    } else {
-                        (0, 1)
-                    };
-                    raw_load(&pool, &stream, from, total).await?;
+                    if !snapshot {
+                        raw_fold(&pool, &stream).await?;
+                        return Ok(());
+                    }
+                    let (version, state): (i64, Value) = sqlx::query_as(
+                        "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
+                    )
+                    .bind(&stream)
+                    .fetch_one(&pool)
+                    .await?;
+                    raw_load(
+                        &pool,
+                        &stream,
+                        version + 1,
+                        serde_json::from_value::<Counter>(state)?.total,
+                    )
+                    .await?;
                     Ok(())
                 }
             });
@@ -996,6 +1302,9 @@ impl ProjectionBench {
 
 #[tokio::main]
 async fn main() -> Res<()> {
+    if let Some(spec) = std::env::args().find_map(|a| a.strip_prefix("--child-writers=").map(str::to_owned)) {
+        return child_writers(&spec).await;
+    }
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set; run scripts/bench")?;
     let quick = std::env::args().any(|a| a == "--quick");
     // Other arguments select figures by a part of their name.
@@ -1012,25 +1321,22 @@ async fn main() -> Res<()> {
         Some((base, _)) => format!("{base}/{db}"),
         None => return Err("DATABASE_URL has no database name".into()),
     };
-    let mut options = PgEventStoreOptions::new(db_url.clone()).max_connections(20);
-    if let Some(n) =
-        std::env::args().find_map(|a| a.strip_prefix("--max-concurrent-appends=").map(str::to_owned))
-    {
-        options = options.max_concurrent_appends(n.parse()?);
-    }
-    let store = options.connect().await?;
+    let store = connect_store(&db_url).await?;
     store.migrate().await?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
+    let serial = PgPoolOptions::new().max_connections(1).connect(&db_url).await?;
     pool.execute(RAW_SCHEMA).await?;
     let (fsync, sync_commit): (String, String) =
         sqlx::query_as("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
             .fetch_one(&pool)
             .await?;
     let _ = DURABLE.set(fsync == "on" && sync_commit == "on");
-    let cache = std::env::args()
-        .any(|a| a == "--aggregate-cache")
-        .then(strata_core::CacheOptions::default);
-    let bench = Bench { store, pool, cache };
+    let bench = Bench {
+        store,
+        pool,
+        serial,
+        url: db_url.clone(),
+    };
 
     if wanted("append_single_1_writer") {
         let rounds = bench.single_appends(1, 1500 / scale).await?;
@@ -1056,9 +1362,75 @@ async fn main() -> Res<()> {
         let rounds = bench.commands(16, 150 / scale).await?;
         report("command_round_trip_16_writers", "commands/s", &rounds, json!({}));
     }
+    let serial_appends = |n: usize| raw_appends(bench.serial.clone(), 1, n);
+    let one_connection =
+        "single-event appends to one raw stream, one INSERT per transaction, on one connection";
+    if wanted("command_long_stream_1_writer") {
+        let n = 2000 / scale;
+        let (rounds, counts) = bench.command_figure(1, n, true, || serial_appends(n)).await?;
+        let mut extra = counts.json();
+        extra["baseline"] = json!(format!("{n} {one_connection}"));
+        // Per round: the median latency of the first and of the last tenth
+        // of the commands, in order.
+        let (mut first, mut last, mut flatness) = (Vec::new(), Vec::new(), Vec::new());
+        for sample in &rounds.fw {
+            let (all, tenth) = (&sample.latencies, (sample.latencies.len() / 10).max(1));
+            let p50 = |l: &[Duration]| percentile_ms(l, 0.5).unwrap_or(0.0);
+            let (f, l) = (p50(&all[..tenth]), p50(&all[all.len() - tenth..]));
+            first.push(f);
+            last.push(l);
+            flatness.push(l / f);
+        }
+        for (key, mut values) in [
+            ("first_10pct_p50_ms", first),
+            ("last_10pct_p50_ms", last),
+            ("flatness", flatness),
+        ] {
+            values.sort_by(f64::total_cmp);
+            extra[key] = json!(round3(values[values.len() / 2]));
+        }
+        report("command_long_stream_1_writer", "commands/s", &rounds, extra);
+    }
+    if wanted("command_one_stream_8_writers") {
+        let n = 200 / scale;
+        let (rounds, counts) = bench.command_figure(8, n, true, || serial_appends(8 * n)).await?;
+        let mut extra = counts.json();
+        extra["baseline"] = json!(format!("{} {one_connection}", 8 * n));
+        report("command_one_stream_8_writers", "commands/s", &rounds, extra);
+    }
+    if wanted("command_one_stream_2_processes") {
+        let n = 200 / scale;
+        let handler = command_handler(bench.store.clone());
+        warm_up(&handler, 8).await?;
+        let (rounds, counts) = command_rounds(
+            || serial_appends(16 * n),
+            || bench.two_processes(handler.clone(), 8, n),
+        )
+        .await?;
+        let mut extra = counts.json();
+        extra["processes"] = json!(2);
+        extra["baseline"] = json!(format!("{} {one_connection}", 16 * n));
+        report("command_one_stream_2_processes", "commands/s", &rounds, extra);
+    }
+    if wanted("command_distinct_streams_16_writers") {
+        let n = 500 / scale;
+        let raw = || raw_appends(bench.pool.clone(), 16, n);
+        let (rounds, counts) = bench.command_figure(16, n, false, raw).await?;
+        let mut extra = counts.json();
+        extra["baseline"] = json!("16 writers on 16 connections, single-event appends to a raw stream each");
+        report(
+            "command_distinct_streams_16_writers",
+            "commands/s",
+            &rounds,
+            extra,
+        );
+    }
     if wanted("load_10k_stream_no_snapshot") {
         let rounds = bench.loads(10_000, false, 20 / scale.min(4)).await?;
-        let extra = json!({ "stream_length": 10_000 });
+        let extra = json!({
+            "stream_length": 10_000,
+            "baseline": "the columns a fold needs, in pages of 1000 after the last version, folded into a Counter",
+        });
         report("load_10k_stream_no_snapshot", "loads/s", &rounds, extra);
     }
     if wanted("load_10k_stream_with_snapshot") {
