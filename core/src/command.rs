@@ -11,9 +11,10 @@ use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Preview};
-use crate::event::RecordedEvent;
 use crate::event::{Envelope, Event, MAX_JSON_DEPTH, Metadata, NewEvent, StreamId, json_depth};
-use crate::store::{CommandDecision, CommandRecord, EventStore, ExpectedVersion, Snapshot};
+use crate::store::{
+    CommandDecision, CommandRecord, EventStore, ExpectedVersion, FoldEvent, FoldPayload, Snapshot,
+};
 use crate::upcast::Upcasters;
 
 mod batch;
@@ -576,16 +577,34 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
                 }
                 _ => batch,
             };
-            let page = self.store.read_stream(stream, version + 1, wanted).await?;
-            let full = page.len() == wanted;
-            for recorded in page {
-                if let Some(AsOf::Time(t)) = until
-                    && recorded.recorded_at > t
-                {
-                    return Ok((state, version));
+            let full = if let Some(AsOf::Time(t)) = until {
+                // Only this reader needs each event's time.
+                let page = self.store.read_stream(stream, version + 1, wanted).await?;
+                let full = page.len() == wanted;
+                for recorded in page {
+                    if recorded.recorded_at > t {
+                        return Ok((state, version));
+                    }
+                    let event = FoldEvent {
+                        stream_version: recorded.stream_version,
+                        event_type: recorded.event_type,
+                        schema_version: recorded.schema_version,
+                        payload: FoldPayload::Value(recorded.payload),
+                    };
+                    self.apply_stored(stream, &mut state, &mut version, event).await?;
                 }
-                self.apply_recorded(stream, &mut state, &mut version, recorded)?;
-            }
+                full
+            } else {
+                let page = self
+                    .store
+                    .read_stream_for_fold(stream, version + 1, wanted)
+                    .await?;
+                let full = page.len() == wanted;
+                for event in page {
+                    self.apply_stored(stream, &mut state, &mut version, event).await?;
+                }
+                full
+            };
             if !full {
                 break;
             }
@@ -593,24 +612,34 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
         Ok((state, version))
     }
 
-    /// Fold `recorded`, the event after `version`, into `state`.
-    fn apply_recorded(
+    /// Fold `stored`, the event after `version`, into `state`. An event
+    /// that does not decode is read again whole, so that a row the store
+    /// cannot read either is reported as such, naming the event
+    /// ([`Error::UndecodableEvent`]).
+    async fn apply_stored(
         &self,
         stream: &StreamId,
         state: &mut A,
         version: &mut u64,
-        recorded: RecordedEvent,
+        stored: FoldEvent,
     ) -> Result<(), Error> {
-        if recorded.stream_version != *version + 1 {
+        if stored.stream_version != *version + 1 {
             return Err(Error::StreamCorrupted {
                 stream: stream.to_string(),
                 missing_version: *version + 1,
             });
         }
-        *version = recorded.stream_version;
-        let event: A::Event =
-            self.upcasters
-                .decode(&recorded.event_type, recorded.schema_version, recorded.payload)?;
+        let at = stored.stream_version;
+        let event: A::Event = match stored.decode(&self.upcasters) {
+            Ok(event) => event,
+            Err(error) => {
+                return Err(match self.store.read_stream(stream, at, 1).await {
+                    Err(named) => named,
+                    Ok(_) => error,
+                });
+            }
+        };
+        *version = at;
         state.apply(&event);
         Ok(())
     }
@@ -652,12 +681,15 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
             _ => (state, version, false),
         };
         let batch = self.options.read_batch.max(1);
-        let page = self.store.read_stream(stream, version + 1, batch).await?;
+        let page = self
+            .store
+            .read_stream_for_fold(stream, version + 1, batch)
+            .await?;
         if !page.is_empty() {
             let full = page.len() == batch;
             let mut owned = Arc::unwrap_or_clone(state);
-            for recorded in page {
-                self.apply_recorded(stream, &mut owned, &mut version, recorded)?;
+            for stored in page {
+                self.apply_stored(stream, &mut owned, &mut version, stored).await?;
             }
             if full {
                 (owned, version) = self.fold(stream, owned, version, None).await?;

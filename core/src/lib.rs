@@ -106,8 +106,8 @@ pub use memory::InMemoryEventStore;
 /// ids and JSON values without their own dependency on these crates.
 pub use serde_json::{self, Value, json};
 pub use store::{
-    AppendResult, EventStore, ExpectedVersion, FilteredSubscription, LogFilter, LogItem, LogPage, Snapshot,
-    Subscription,
+    AppendResult, EventStore, ExpectedVersion, FilteredSubscription, FoldEvent, FoldPayload, LogFilter,
+    LogItem, LogPage, Snapshot, Subscription,
 };
 /// `#[derive(Event)]`: see [`Event`](trait@Event).
 #[cfg(feature = "derive")]

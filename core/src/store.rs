@@ -11,7 +11,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::event::{NewEvent, RecordedEvent, StreamId};
+use crate::event::{Event, NewEvent, RecordedEvent, StreamId};
+use crate::upcast::Upcasters;
 
 /// What the caller believes about a stream's version when appending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -57,6 +58,40 @@ pub struct AppendResult {
     pub stream_version: u64,
     /// Global positions of the appended events, in append order.
     pub positions: Vec<u64>,
+}
+
+/// An event as folding an aggregate needs it: no id, position, metadata or
+/// time (see [`EventStore::read_stream_for_fold`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldEvent {
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Stored type name.
+    pub event_type: String,
+    /// Stored schema version (before upcasting).
+    pub schema_version: u32,
+    /// Stored payload.
+    pub payload: FoldPayload,
+}
+
+/// A stored payload, in the form the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FoldPayload {
+    /// Parsed JSON.
+    Value(Value),
+    /// JSON text, read into the event without building a [`Value`] when no
+    /// upcast is needed ([`Upcasters::decode_json`](crate::Upcasters::decode_json)).
+    Json(String),
+}
+
+impl FoldEvent {
+    /// Upcast to the current schema and decode.
+    pub fn decode<E: Event>(self, upcasters: &Upcasters) -> Result<E> {
+        match self.payload {
+            FoldPayload::Value(value) => upcasters.decode(&self.event_type, self.schema_version, value),
+            FoldPayload::Json(text) => upcasters.decode_json(&self.event_type, self.schema_version, &text),
+        }
+    }
 }
 
 /// The saved state of an aggregate at a stream version.
@@ -378,6 +413,30 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The recorded outcome of `command_id`, if any.
     fn read_command(&self, command_id: Uuid) -> impl Future<Output = Result<Option<CommandRecord>>> + Send;
+
+    /// [`read_stream`](EventStore::read_stream), with only what a fold
+    /// needs: the command handler loads aggregates with it. The default
+    /// takes `read_stream`'s events apart; a store may select less and
+    /// hand payloads over as text.
+    fn read_stream_for_fold(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<FoldEvent>>> + Send {
+        async move {
+            let page = self.read_stream(stream, from_version, max_count).await?;
+            Ok(page
+                .into_iter()
+                .map(|e| FoldEvent {
+                    stream_version: e.stream_version,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    payload: FoldPayload::Value(e.payload),
+                })
+                .collect())
+        }
+    }
 
     /// Read a stream from `from_version` to its end, in batches of `batch`.
     fn read_stream_to_end(

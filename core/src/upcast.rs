@@ -141,6 +141,19 @@ impl Upcasters {
         let payload = self.upcast(event_type, version, current, payload)?;
         E::decode(event_type, current, payload)
     }
+
+    /// [`decode`](Self::decode) from the payload's JSON text: read straight
+    /// into the event ([`Event::decode_json`]) when it is stored at the
+    /// current schema version, else parsed, upcast and decoded.
+    pub fn decode_json<E: Event>(&self, event_type: &str, version: u32, payload: &str) -> Result<E> {
+        let current = E::current_version(event_type);
+        if version == current {
+            return E::decode_json(event_type, current, payload);
+        }
+        let value = serde_json::from_str(payload)
+            .map_err(|e| Error::decode(format!("payload of `{event_type}`"), e))?;
+        self.decode(event_type, version, value)
+    }
 }
 
 #[cfg(test)]

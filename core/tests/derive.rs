@@ -58,6 +58,10 @@ fn names_versions_and_encoding_come_from_the_variants() -> Result<(), Error> {
     ] {
         let new = NewEvent::from_event(&e, Default::default())?;
         assert_eq!(new.schema_version, ShipEvent::current_version(e.event_type()));
+        // Straight from the stored text too, as a replay reads it.
+        let text = new.payload.to_string();
+        let from_text = ShipEvent::decode_json(&new.event_type, new.schema_version, &text)?;
+        assert_eq!(from_text, e);
         let back = ShipEvent::decode(&new.event_type, new.schema_version, new.payload)?;
         assert_eq!(back, e);
     }
@@ -66,6 +70,14 @@ fn names_versions_and_encoding_come_from_the_variants() -> Result<(), Error> {
         matches!(err, Error::UnknownEventType { .. }),
         "the code name is not a stored name: {err:?}"
     );
+    let err = ShipEvent::decode_json("Moored", 1, "null").unwrap_err();
+    assert!(matches!(err, Error::UnknownEventType { .. }), "{err:?}");
+    let err = ShipEvent::decode_json("Launched", 1, r#"{"name": 7}"#).unwrap_err();
+    assert!(matches!(err, Error::Serialization { .. }), "{err:?}");
+    // An old version from text: parsed, upcast, decoded.
+    let upcasters = ShipEvent::upcasters();
+    let old: ShipEvent = upcasters.decode_json("Sailed", 1, r#"{"knots": 3}"#)?;
+    assert_eq!(old, ShipEvent::Departed { speed: 30 });
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use strata_core::store::{CommandDecision, CommandRecord};
-use strata_core::{Error, Metadata, RecordedEvent, Result, Snapshot, StreamId};
+use strata_core::{Error, FoldEvent, FoldPayload, Metadata, RecordedEvent, Result, Snapshot, StreamId};
 use uuid::Uuid;
 
 use crate::error::out_of_range;
@@ -74,6 +74,36 @@ impl EventRow {
             recorded_at: row.try_get_unchecked(at + 8)?,
             category: row.try_get_unchecked(at + 9)?,
         })
+    }
+}
+
+/// The columns a fold needs ([`EventStore::read_stream_for_fold`]): no
+/// id, position, metadata or time, and the payload kept as text.
+///
+/// [`EventStore::read_stream_for_fold`]: strata_core::EventStore::read_stream_for_fold
+pub(crate) const FOLD_COLUMNS: &str = "stream_version, event_type, schema_version, payload::text";
+
+/// A row of [`FOLD_COLUMNS`], by position.
+#[derive(Debug)]
+pub(crate) struct FoldRow(FoldEvent);
+
+impl<'r> sqlx::FromRow<'r, PgRow> for FoldRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let (version, schema_version): (i64, i32) = (row.try_get_unchecked(0)?, row.try_get_unchecked(2)?);
+        let decode = |e: Error| sqlx::Error::Decode(Box::new(e));
+        Ok(FoldRow(FoldEvent {
+            stream_version: to_u64("stream_version", version).map_err(decode)?,
+            event_type: row.try_get_unchecked(1)?,
+            schema_version: u32::try_from(schema_version)
+                .map_err(|_| decode(out_of_range("schema_version", schema_version)))?,
+            payload: FoldPayload::Json(row.try_get_unchecked(3)?),
+        }))
+    }
+}
+
+impl From<FoldRow> for FoldEvent {
+    fn from(row: FoldRow) -> Self {
+        row.0
     }
 }
 

@@ -12,8 +12,8 @@ use strata_core::store::{
     follow_filtered, idempotent_outcome,
 };
 use strata_core::{
-    AppendResult, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result, Snapshot, StreamId,
-    Subscription,
+    AppendResult, Error, EventStore, ExpectedVersion, FoldEvent, NewEvent, RecordedEvent, Result, Snapshot,
+    StreamId, Subscription,
 };
 use uuid::Uuid;
 
@@ -24,8 +24,8 @@ use crate::known::KnownVersions;
 use crate::notify::{Notifier, Wakes};
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
 use crate::row::{
-    CommandRow, EVENT_COLUMNS, EventRow, FilteredRow, STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events,
-    to_i64_saturating, to_log_page, to_stream_events, to_u64,
+    CommandRow, EVENT_COLUMNS, EventRow, FOLD_COLUMNS, FilteredRow, FoldRow, STREAM_EVENT_COLUMNS,
+    SnapshotRow, limit, to_events, to_i64_saturating, to_log_page, to_stream_events, to_u64,
 };
 
 /// How many times an append that admits its expected version is tried
@@ -514,6 +514,26 @@ impl PgEventStore {
         .await
         .map_err(from_sqlx)?;
         to_stream_events(rows, stream)
+    }
+
+    async fn read_fold_once(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<FoldEvent>> {
+        let rows: Vec<FoldRow> = sqlx::query_as(&format!(
+            "SELECT {FOLD_COLUMNS} FROM strata.events
+             WHERE stream_id = $1 AND stream_version >= $2
+             ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream.as_str())
+        .bind(to_i64_saturating(from_version))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(rows.into_iter().map(FoldEvent::from).collect())
     }
 
     async fn read_all_once(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
@@ -1059,6 +1079,15 @@ impl EventStore for PgEventStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         on_live_connection!(self.read_stream_once(stream, from_version, max_count))
+    }
+
+    async fn read_stream_for_fold(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<FoldEvent>> {
+        on_live_connection!(self.read_fold_once(stream, from_version, max_count))
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {

@@ -82,6 +82,18 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             .map(move |(from, with)| quote! { .register(#event_type, #from, #with) })
     });
     let krate = quote! { ::strata_core };
+    // The serde tag of the stored type name, in `decode` and `decode_json`.
+    let tag_of = quote! {
+        let tag = match event_type {
+            #( #types => #tags, )*
+            _ => {
+                return ::core::result::Result::Err(#krate::Error::UnknownEventType {
+                    event_type: event_type.to_owned(),
+                    schema_version,
+                })
+            }
+        };
+    };
     Ok(quote! {
         impl #impl_generics #krate::Event for #name #ty_generics #where_clause {
             fn event_type(&self) -> &'static str {
@@ -113,16 +125,13 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             }
 
             fn decode(event_type: &str, schema_version: u32, payload: #krate::Value) -> #krate::Result<Self> {
-                let tag = match event_type {
-                    #( #types => #tags, )*
-                    _ => {
-                        return ::core::result::Result::Err(#krate::Error::UnknownEventType {
-                            event_type: event_type.to_owned(),
-                            schema_version,
-                        })
-                    }
-                };
+                #tag_of
                 #krate::event::decode_tagged(tag, event_type, schema_version, payload)
+            }
+
+            fn decode_json(event_type: &str, schema_version: u32, payload: &str) -> #krate::Result<Self> {
+                #tag_of
+                #krate::event::decode_tagged_json(tag, event_type, schema_version, payload)
             }
         }
     })

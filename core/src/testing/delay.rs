@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::{NewEvent, RecordedEvent, StreamId};
-use crate::store::{AppendResult, CommandRecord, EventStore, ExpectedVersion, Snapshot, Subscription};
+use crate::store::{
+    AppendResult, CommandRecord, EventStore, ExpectedVersion, FoldEvent, Snapshot, Subscription,
+};
 
 /// Wraps an [`EventStore`] and waits `delay` before every append (with or
 /// without command records), as a slow network would. Everything else
@@ -118,6 +120,17 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         self.inner.read_stream(stream, from_version, max_count).await
+    }
+
+    async fn read_stream_for_fold(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<FoldEvent>> {
+        self.inner
+            .read_stream_for_fold(stream, from_version, max_count)
+            .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
