@@ -46,7 +46,8 @@ pub struct CommandHandlerOptions {
     pub max_batch: usize,
     /// Keep the last known state and version of each stream in memory,
     /// within these bounds, and decide commands on it instead of loading
-    /// the stream each time. Default `None`: off.
+    /// the stream each time. On by default, with [`CacheOptions::default`];
+    /// `None` turns it off (every command then loads its stream).
     ///
     /// A command decides on the cached state and appends at the cached
     /// version; if the store refuses that version (another handler or
@@ -73,7 +74,7 @@ impl Default for CommandHandlerOptions {
             snapshot_every: None,
             read_batch: 1000,
             max_batch: 100,
-            cache: None,
+            cache: Some(CacheOptions::default()),
         }
     }
 }
@@ -218,7 +219,7 @@ impl<E: std::error::Error + 'static> CommandError<E> {
 /// version the command was decided on; on a conflict the aggregate is
 /// reloaded and the command decided again, up to
 /// [`CommandHandlerOptions::max_retries`] times with exponential back-off.
-/// With the aggregate cache ([`CommandHandlerOptions::cache`], off by
+/// With the aggregate cache ([`CommandHandlerOptions::cache`], on by
 /// default), commands decide on the cached state instead, and a conflict
 /// reads only the events after the cached version.
 ///
@@ -689,7 +690,8 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
             let full = page.len() == batch;
             let mut owned = Arc::unwrap_or_clone(state);
             for stored in page {
-                self.apply_stored(stream, &mut owned, &mut version, stored).await?;
+                self.apply_stored(stream, &mut owned, &mut version, stored)
+                    .await?;
             }
             if full {
                 (owned, version) = self.fold(stream, owned, version, None).await?;

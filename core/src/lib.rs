@@ -15,7 +15,8 @@
 //!   global log, snapshots, subscriptions; see its contract.
 //! - [`CommandHandler`]: load, decide, append, retry on conflict with
 //!   back-off, de-duplicate by command id, propagate metadata; an optional
-//!   aggregate cache ([`CacheOptions`], off by default).
+//!   aggregate cache ([`CacheOptions`], on by default) and a per-stream
+//!   command line that batches the commands queued behind an append.
 //! - [`InMemoryEventStore`] and [`InMemoryBus`]: the embedded default.
 //!
 //! It depends on no database, broker or async runtime: the in-memory engine

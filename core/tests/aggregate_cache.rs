@@ -500,11 +500,25 @@ async fn eviction_by_bytes_drops_the_least_recently_used() -> TestResult {
 }
 
 #[tokio::test]
-async fn the_cache_is_off_by_default() -> TestResult {
-    assert_eq!(CommandHandlerOptions::default().cache, None);
+async fn the_cache_is_on_by_default_and_can_be_turned_off() -> TestResult {
+    assert_eq!(
+        CommandHandlerOptions::default().cache,
+        Some(CacheOptions::default())
+    );
     let store = CountingReads::default();
     let handler = Handler::new(store.clone());
     handler.execute("acc", open()).await?;
+    handler.execute("acc", deposit(1)).await?;
+    assert_eq!(handler.cache_stats().map(|s| (s.hits, s.misses)), Some((1, 1)));
+    // The second command decided on the cached state: no read.
+    assert_eq!(store.take_reads(), vec![1]);
+
+    let options = CommandHandlerOptions {
+        cache: None,
+        ..CommandHandlerOptions::default()
+    };
+    let handler = Handler::with_options(store.clone(), bank::upcasters(), options);
+    handler.execute("acc", deposit(1)).await?;
     handler.execute("acc", deposit(1)).await?;
     assert!(handler.cache_stats().is_none());
     // Every command loads the stream from its start.

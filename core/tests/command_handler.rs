@@ -226,7 +226,12 @@ async fn metadata_flows_from_command_to_events() -> Result<(), Box<dyn std::erro
 #[tokio::test]
 async fn load_uses_snapshot_plus_tail() -> Result<(), Box<dyn std::error::Error>> {
     let store = InMemoryEventStore::new();
-    let handler = Handler::with_options(store.clone(), bank::upcasters(), options(0, Some(4)));
+    // Without the aggregate cache, which would serve loads from memory.
+    let uncached = CommandHandlerOptions {
+        cache: None,
+        ..options(0, Some(4))
+    };
+    let handler = Handler::with_options(store.clone(), bank::upcasters(), uncached);
     open(&handler, "acc").await?;
     for _ in 0..9 {
         handler

@@ -49,8 +49,8 @@
 //!
 //! Arguments: `--quick` does a tenth of the work; `--keep` keeps the
 //! database; `--max-concurrent-appends=N` sets the store's option of that
-//! name (its default otherwise); `--aggregate-cache` turns the command
-//! handler's aggregate cache on (default options) in the command figures;
+//! name (its default otherwise); `--no-aggregate-cache` turns the command
+//! handler's aggregate cache off (it is on by default) in the command figures;
 //! `--child-writers=...` runs the second process of
 //! `command_one_stream_2_processes` (internal); any other argument selects
 //! the figures whose name contains it.
@@ -493,13 +493,12 @@ where
     Ok((rounds, counts))
 }
 
-/// The command figures' handler: no snapshots, the aggregate cache as
-/// `--aggregate-cache` says.
+/// The command figures' handler: no snapshots, the aggregate cache on
+/// (the default) unless `--no-aggregate-cache`.
 fn command_handler(store: PgEventStore) -> Handler {
     let options = CommandHandlerOptions {
         snapshot_every: None,
-        cache: std::env::args()
-            .any(|a| a == "--aggregate-cache")
+        cache: (!std::env::args().any(|a| a == "--no-aggregate-cache"))
             .then(strata_core::CacheOptions::default),
         ..CommandHandlerOptions::default()
     };
@@ -701,7 +700,7 @@ impl Bench {
             .arg(format!("--child-writers={id},{writers},{per_writer}"))
             .args(
                 std::env::args()
-                    .filter(|a| a == "--aggregate-cache" || a.starts_with("--max-concurrent-appends=")),
+                    .filter(|a| a == "--no-aggregate-cache" || a.starts_with("--max-concurrent-appends=")),
             )
             .env(CHILD_DB, &self.url)
             .stdin(Stdio::piped())
