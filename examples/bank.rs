@@ -42,8 +42,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("the overdraft should have been refused: {other:?}").into()),
     }
 
-    println!("\ntwo writers deposit 100 five times each, at the same time:");
-    let writer = |name: &'static str| {
+    // Commands sent through one handler wait their turn and never collide;
+    // a second handler on the same store stands in for another process.
+    println!("\ntwo processes deposit 100 five times each, at the same time:");
+    let other = Handler::with_options(store.clone(), bank::upcasters(), CommandHandlerOptions::default());
+    let writer = |name: &'static str, handler: &Handler| {
         let handler = handler.clone();
         tokio::spawn(async move {
             let mut retries = 0;
@@ -55,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, CommandError<BankError>>(retries)
         })
     };
-    let (a, b) = (writer("A"), writer("B"));
+    let (a, b) = (writer("A", &handler), writer("B", &other));
     let retries = a.await?? + b.await??;
     println!("  conflicts resolved: {retries} retries in all, no deposit lost or doubled");
 

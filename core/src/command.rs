@@ -38,6 +38,13 @@ pub struct CommandHandlerOptions {
     /// events. With `None` the handler neither saves nor loads snapshots
     /// (saving a query per load when no snapshots exist).
     pub snapshot_every: Option<u64>,
+    /// Save the snapshots `snapshot_every` asks for on a task of their own
+    /// (default `true`), so a command's caller does not wait for them: the
+    /// command's outcome comes back once its events are appended. Needs a
+    /// Tokio runtime; without one, or with `false`, a snapshot is saved
+    /// before the outcome is returned. A snapshot not saved (a failure, or
+    /// a process ending first) only makes later loads read more events.
+    pub snapshot_in_background: bool,
     /// Page size when reading a stream.
     pub read_batch: usize,
     /// At most this many commands for one stream are decided together and
@@ -72,6 +79,7 @@ impl Default for CommandHandlerOptions {
             min_backoff: Duration::from_millis(2),
             max_backoff: Duration::from_millis(250),
             snapshot_every: None,
+            snapshot_in_background: true,
             read_batch: 1000,
             max_batch: 100,
             cache: Some(CacheOptions::default()),
@@ -774,16 +782,32 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
         })
     }
 
-    async fn maybe_snapshot(&self, stream: &StreamId, before: u64, after: u64, state: &A) {
+    /// Snapshot `state`, at version `after`, if the append from `before`
+    /// crossed a multiple of [`CommandHandlerOptions::snapshot_every`]: on
+    /// a task of its own when [`CommandHandlerOptions::snapshot_in_background`]
+    /// says so and a Tokio runtime runs this, else here.
+    async fn maybe_snapshot(self: &Arc<Self>, stream: &StreamId, before: u64, after: u64, state: &Arc<A>) {
         let Some(every) = self.options.snapshot_every.filter(|&n| n > 0) else {
             return;
         };
         if after / every == before / every {
             return;
         }
-        // The events are committed; a missing snapshot only costs a longer load.
-        if let Err(e) = self.save_snapshot(stream, after, state).await {
-            tracing::warn!(error = %e, "snapshot not saved");
+        let save = {
+            let (inner, stream, state) = (Arc::clone(self), stream.clone(), Arc::clone(state));
+            async move {
+                // The events are committed; a missing snapshot only costs a
+                // longer load.
+                if let Err(e) = inner.save_snapshot(&stream, after, &state).await {
+                    tracing::warn!(stream = %stream, version = after, error = %e, "snapshot not saved");
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.options.snapshot_in_background => {
+                runtime.spawn(save.instrument(tracing::debug_span!("snapshot")));
+            }
+            _ => save.await,
         }
     }
 

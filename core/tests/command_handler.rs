@@ -229,6 +229,7 @@ async fn load_uses_snapshot_plus_tail() -> Result<(), Box<dyn std::error::Error>
     // Without the aggregate cache, which would serve loads from memory.
     let uncached = CommandHandlerOptions {
         cache: None,
+        snapshot_in_background: false,
         ..options(0, Some(4))
     };
     let handler = Handler::with_options(store.clone(), bank::upcasters(), uncached);

@@ -22,6 +22,8 @@ fn handler(store: &InMemoryEventStore, snapshot_every: Option<u64>) -> Handler {
         bank::upcasters(),
         CommandHandlerOptions {
             snapshot_every,
+            // Saved before each outcome, so the test knows where they are.
+            snapshot_in_background: false,
             read_batch: 2,
             ..CommandHandlerOptions::default()
         },

@@ -191,7 +191,7 @@ enum Decision<A: Aggregate> {
 impl<A: Aggregate, S: EventStore> Inner<A, S> {
     /// Run a batch's commands. Commands that repeat an id of the batch wait
     /// for a later round, where they find the first one's record.
-    async fn run_jobs(&self, stream: &StreamId, jobs: Vec<Job<A>>) -> Vec<Reply<A>> {
+    async fn run_jobs(self: &Arc<Self>, stream: &StreamId, jobs: Vec<Job<A>>) -> Vec<Reply<A>> {
         let mut replies: Vec<Option<Reply<A>>> = jobs.iter().map(|_| None).collect();
         let mut rounds: VecDeque<Vec<usize>> = VecDeque::new();
         let mut seen: HashMap<Uuid, usize> = HashMap::new();
@@ -235,7 +235,7 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
     /// Returns the commands to run one by one instead, when their
     /// append was refused for what it held and there are several.
     async fn run_round(
-        &self,
+        self: &Arc<Self>,
         stream: &StreamId,
         jobs: &[Job<A>],
         live: Vec<usize>,
@@ -456,7 +456,7 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
     /// each command with its own outcome.
     #[allow(clippy::too_many_arguments)]
     async fn answer(
-        &self,
+        self: &Arc<Self>,
         stream: &StreamId,
         jobs: &[Job<A>],
         decided: Vec<(usize, Decision<A>)>,

@@ -27,6 +27,7 @@ pub struct DelayedAppends<S> {
     delay: Duration,
     appends: Arc<AtomicUsize>,
     holds: Arc<Mutex<VecDeque<Held>>>,
+    snapshot_holds: Arc<Mutex<VecDeque<Held>>>,
 }
 
 /// An append held by [`DelayedAppends::hold_next`]: it waits until
@@ -62,6 +63,7 @@ impl<S> DelayedAppends<S> {
             delay,
             appends: Arc::default(),
             holds: Arc::default(),
+            snapshot_holds: Arc::default(),
         }
     }
 
@@ -75,30 +77,44 @@ impl<S> DelayedAppends<S> {
     /// delay and goes on. Holds are taken by appends in the order they
     /// were made.
     pub fn hold_next(&self) -> Held {
-        let held = Held {
-            entered: watch::channel(false).0,
-            released: watch::channel(false).0,
-        };
-        self.holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(held.clone());
-        held
+        push_hold(&self.holds)
+    }
+
+    /// Hold the next snapshot save that has not been held yet, as
+    /// [`hold_next`](Self::hold_next) does appends (without a delay).
+    pub fn hold_next_snapshot(&self) -> Held {
+        push_hold(&self.snapshot_holds)
     }
 
     /// Count an append, wait out its hold if one is set, then the delay.
     async fn before_append(&self) {
         self.appends.fetch_add(1, Ordering::SeqCst);
-        let hold = self.holds.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-        if let Some(hold) = hold {
-            hold.wait().await;
-        }
+        wait_hold(&self.holds).await;
         futures_timer::Delay::new(self.delay).await;
     }
 
     /// The wrapped store.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+}
+
+fn push_hold(holds: &Mutex<VecDeque<Held>>) -> Held {
+    let held = Held {
+        entered: watch::channel(false).0,
+        released: watch::channel(false).0,
+    };
+    holds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push_back(held.clone());
+    held
+}
+
+async fn wait_hold(holds: &Mutex<VecDeque<Held>>) {
+    let hold = holds.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+    if let Some(hold) = hold {
+        hold.wait().await;
     }
 }
 
@@ -146,6 +162,7 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        wait_hold(&self.snapshot_holds).await;
         self.inner.save_snapshot(snapshot).await
     }
 
