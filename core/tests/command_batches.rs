@@ -297,6 +297,27 @@ async fn a_caller_that_gives_up_does_not_strand_the_commands_behind_it() -> Test
     Ok(())
 }
 
+#[tokio::test]
+async fn a_batch_whose_callers_all_gave_up_is_finished_all_the_same() -> TestResult {
+    let store = store();
+    let handler = handler(store.clone());
+    let held = store.hold_next();
+    let abandoned = submit(&handler, add("a"), None).await;
+    held.entered().await;
+    abandoned.abort();
+    assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
+    // Nothing comes behind it: the batch goes on on a task of its own.
+    held.release();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stored(&store).await.ok().map(|t| t.len()) != Some(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    assert_eq!(stored(&store).await?, ["a"]);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_writers_on_one_stream_all_succeed_with_default_options() -> TestResult {
     let store = DelayedAppends::new(InMemoryEventStore::new(), Duration::from_micros(200));

@@ -771,6 +771,8 @@ impl Bench {
         let id = fw_stream.as_str().trim_start_matches("counter-").to_owned();
         let options = CommandHandlerOptions {
             snapshot_every: snapshot.then_some(1_000_000),
+            // Each load reads the store: the cache would serve it from memory.
+            cache: None,
             ..CommandHandlerOptions::default()
         };
         let handler =
@@ -839,6 +841,8 @@ impl Bench {
     async fn snapshot_length_independence(&self, loads: usize) -> Res<Rounds> {
         let options = CommandHandlerOptions {
             snapshot_every: Some(1_000_000),
+            // Each load reads the store: the cache would serve it from memory.
+            cache: None,
             ..CommandHandlerOptions::default()
         };
         let handler =

@@ -8,7 +8,8 @@
 //! starts a new batch behind it. Every command's caller polls the batch it
 //! is in, and a batch polls the one before it, so a batch goes on as long
 //! as anyone waits for it or for a later one: a caller that gives up does
-//! not strand the others.
+//! not strand the others. When the last one gives up, the batch is
+//! finished on a task of the runtime ([`Finish`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +67,22 @@ impl<A: Aggregate> Default for Lines<A> {
         Lines {
             lines: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Drives a batch to its end on a task of its own if its caller stops
+/// waiting first, so it does not stay half-done (holding a connection,
+/// say) until the next command for its stream comes.
+pub(super) struct Finish<A: Aggregate>(pub(super) Option<Run<A>>);
+
+impl<A: Aggregate> Drop for Finish<A> {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take()
+            && run.peek().is_none()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(run.map(drop));
         }
     }
 }
