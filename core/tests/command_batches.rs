@@ -32,6 +32,8 @@ enum NoteCommand {
     /// Add unless there are `max` notes already.
     AddBelow(String, usize),
     Clear,
+    /// A bug in the aggregate: deciding it panics.
+    Panic,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
@@ -51,6 +53,7 @@ impl Aggregate for Notes {
     fn decide(&self, command: &NoteCommand) -> Result<Vec<NoteEvent>, NoteError> {
         let (text, max) = match command {
             NoteCommand::Clear => return Ok(vec![NoteEvent::Cleared]),
+            NoteCommand::Panic => panic!("a bug in decide"),
             NoteCommand::Add(text) => (text, usize::MAX),
             NoteCommand::AddBelow(text, max) => (text, *max),
         };
@@ -294,6 +297,29 @@ async fn a_caller_that_gives_up_does_not_strand_the_commands_behind_it() -> Test
     assert_eq!(version(&behind.await?), 2);
     assert_eq!(stored(&store).await?, ["a", "b"]);
     assert_eq!(version(&handler.execute("n", add("c")).await), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panic_in_the_aggregate_fails_its_batch_and_the_line_goes_on() -> TestResult {
+    let store = store();
+    let handler = handler(store.clone());
+    let held = store.hold_next();
+    let first = submit(&handler, add("a"), None).await;
+    held.entered().await;
+    let queued = vec![
+        submit(&handler, add("b"), None).await,
+        submit(&handler, NoteCommand::Panic, None).await,
+    ];
+    held.release();
+    assert_eq!(version(&first.await?), 1);
+    for reply in replies(queued).await {
+        let message = reply.map(|_| ()).unwrap_err().to_string();
+        assert!(message.contains("a bug in decide"), "{message}");
+    }
+    // The stream's line is not poisoned: the next command goes through.
+    assert_eq!(version(&handler.execute("n", add("c")).await), 2);
+    assert_eq!(stored(&store).await?, ["a", "c"]);
     Ok(())
 }
 

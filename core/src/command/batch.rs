@@ -12,6 +12,7 @@
 //! finished on a task of the runtime ([`Finish`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -174,9 +175,29 @@ async fn run_batch<A: Aggregate, S: EventStore>(
         }
     }
     let jobs = std::mem::take(&mut *lock(&open));
-    let span =
-        tracing::debug_span!("command_batch", aggregate = A::TYPE, stream = %stream, commands = jobs.len());
-    let replies = inner.run_jobs(&stream, jobs).instrument(span).await;
+    let count = jobs.len();
+    let span = tracing::debug_span!("command_batch", aggregate = A::TYPE, stream = %stream, commands = count);
+    // A panic in the aggregate's code fails this batch's commands, not the
+    // line: the batches behind it go on.
+    let running = AssertUnwindSafe(inner.run_jobs(&stream, jobs).instrument(span));
+    let replies = match running.catch_unwind().await {
+        Ok(replies) => replies,
+        Err(panic) => {
+            inner.forget(&stream);
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            tracing::error!(stream = %stream, panic = %message, "a command batch panicked");
+            (0..count)
+                .map(|_| {
+                    let e = format!("a command of its batch panicked (deciding or applying): {message}");
+                    Err(CommandError::Store(Error::Backend(e.into())))
+                })
+                .collect()
+        }
+    };
     if let Some(lines) = lines.upgrade() {
         let mut lines = lock(&lines.lines);
         if in_line(&lines) {
