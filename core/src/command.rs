@@ -312,7 +312,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             inner: Arc::new(Inner {
                 store,
                 upcasters,
-                cache: options.cache.map(AggregateCache::new),
+                cache: options.cache.map(|c| AggregateCache::new(c, A::TYPE)),
                 options,
             }),
             lines: Arc::default(),

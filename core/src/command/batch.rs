@@ -176,6 +176,7 @@ async fn run_batch<A: Aggregate, S: EventStore>(
     }
     let jobs = std::mem::take(&mut *lock(&open));
     let count = jobs.len();
+    metrics::histogram!("strata_command_batch_commands", "aggregate" => A::TYPE).record(count as f64);
     let span = tracing::debug_span!("command_batch", aggregate = A::TYPE, stream = %stream, commands = count);
     // A panic in the aggregate's code fails this batch's commands, not the
     // line: the batches behind it go on.
@@ -417,6 +418,7 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
                         });
                     }
                     retries += 1;
+                    metrics::counter!("strata_command_conflicts_total", "aggregate" => A::TYPE).increment(1);
                     let delay = delays.next().unwrap_or(self.options.max_backoff);
                     tracing::debug!(
                         retries,

@@ -109,6 +109,8 @@ impl<A> Lru<A> {
 /// The cache itself; clones share it.
 pub(crate) struct AggregateCache<A> {
     options: CacheOptions,
+    /// The aggregate type, the `aggregate` label of the cache's metrics.
+    aggregate: &'static str,
     lru: Arc<Mutex<Lru<A>>>,
     counters: Arc<Counters>,
 }
@@ -125,6 +127,7 @@ impl<A> Clone for AggregateCache<A> {
     fn clone(&self) -> Self {
         AggregateCache {
             options: self.options,
+            aggregate: self.aggregate,
             lru: Arc::clone(&self.lru),
             counters: Arc::clone(&self.counters),
         }
@@ -141,9 +144,10 @@ impl<A> fmt::Debug for AggregateCache<A> {
 }
 
 impl<A> AggregateCache<A> {
-    pub(crate) fn new(options: CacheOptions) -> Self {
+    pub(crate) fn new(options: CacheOptions, aggregate: &'static str) -> Self {
         AggregateCache {
             options,
+            aggregate,
             lru: Arc::new(Mutex::new(Lru {
                 entries: HashMap::new(),
                 order: BTreeMap::new(),
@@ -171,12 +175,13 @@ impl<A> AggregateCache<A> {
             }
             found
         };
-        let counter = if found.is_some() {
-            &self.counters.hits
+        let (counter, name) = if found.is_some() {
+            (&self.counters.hits, "strata_command_cache_hits_total")
         } else {
-            &self.counters.misses
+            (&self.counters.misses, "strata_command_cache_misses_total")
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(name, "aggregate" => self.aggregate).increment(1);
         found
     }
 
@@ -202,7 +207,7 @@ impl<A> AggregateCache<A> {
             return;
         };
         let mut evicted = 0;
-        {
+        let (entries, cached_bytes) = {
             let mut lru = self.lock();
             if lru.entries.get(stream).is_some_and(|e| e.version > version) {
                 lru.touch(stream);
@@ -234,10 +239,15 @@ impl<A> AggregateCache<A> {
                 }
                 evicted += 1;
             }
-        }
+            (lru.entries.len(), lru.bytes)
+        };
         if evicted > 0 {
             self.counters.evictions.fetch_add(evicted, Ordering::Relaxed);
+            metrics::counter!("strata_command_cache_evictions_total", "aggregate" => self.aggregate)
+                .increment(evicted);
         }
+        metrics::gauge!("strata_command_cache_entries", "aggregate" => self.aggregate).set(entries as f64);
+        metrics::gauge!("strata_command_cache_bytes", "aggregate" => self.aggregate).set(cached_bytes as f64);
     }
 
     /// Forget `stream`.
@@ -247,6 +257,8 @@ impl<A> AggregateCache<A> {
 
     pub(crate) fn count_stale_refresh(&self) {
         self.counters.stale_refreshes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("strata_command_cache_stale_refreshes_total", "aggregate" => self.aggregate)
+            .increment(1);
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -293,10 +305,13 @@ mod tests {
     }
 
     fn cache(max_entries: usize, max_bytes: usize) -> AggregateCache<String> {
-        AggregateCache::new(CacheOptions {
-            max_entries,
-            max_bytes,
-        })
+        AggregateCache::new(
+            CacheOptions {
+                max_entries,
+                max_bytes,
+            },
+            "test",
+        )
     }
 
     #[test]
