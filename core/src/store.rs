@@ -414,6 +414,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// The recorded outcome of `command_id`, if any.
     fn read_command(&self, command_id: Uuid) -> impl Future<Output = Result<Option<CommandRecord>>> + Send;
 
+    /// The recorded outcomes of those of `command_ids` that have one, in
+    /// no particular order. The default reads them one by one; a store may
+    /// read them at once (the command handler asks for a whole batch's).
+    fn read_commands(&self, command_ids: &[Uuid]) -> impl Future<Output = Result<Vec<CommandRecord>>> + Send {
+        async move {
+            let mut found = Vec::new();
+            for &command_id in command_ids {
+                found.extend(self.read_command(command_id).await?);
+            }
+            Ok(found)
+        }
+    }
+
     /// [`read_stream`](EventStore::read_stream), with only what a fold
     /// needs: the command handler loads aggregates with it. The default
     /// takes `read_stream`'s events apart; a store may select less and

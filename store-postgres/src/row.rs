@@ -244,6 +244,22 @@ pub(crate) struct CommandRow {
 }
 
 impl CommandRow {
+    pub(crate) fn new(
+        stream_id: String,
+        decision: String,
+        first_version: Option<i64>,
+        version: i64,
+        refusal: Option<String>,
+    ) -> Self {
+        CommandRow {
+            stream_id,
+            decision,
+            first_version,
+            version,
+            refusal,
+        }
+    }
+
     pub(crate) fn into_record(self, command_id: Uuid) -> Result<CommandRecord> {
         let version = to_u64("version", self.version)?;
         let decision = match (self.decision.as_str(), self.first_version, self.refusal) {

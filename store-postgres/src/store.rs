@@ -1241,4 +1241,23 @@ impl EventStore for PgEventStore {
         .map_err(from_sqlx)?;
         row.map(|row| row.into_record(command_id)).transpose()
     }
+
+    async fn read_commands(&self, command_ids: &[Uuid]) -> Result<Vec<CommandRecord>> {
+        let rows: Vec<(Uuid, String, String, Option<i64>, i64, Option<String>)> = sqlx::query_as(
+            "SELECT command_id, stream_id, decision, first_version, version, refusal::text AS refusal
+             FROM strata.commands WHERE command_id = ANY($1)",
+        )
+        .bind(command_ids)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        rows.into_iter()
+            .map(
+                |(command_id, stream_id, decision, first_version, version, refusal)| {
+                    CommandRow::new(stream_id, decision, first_version, version, refusal)
+                        .into_record(command_id)
+                },
+            )
+            .collect()
+    }
 }

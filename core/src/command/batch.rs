@@ -451,24 +451,27 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
         live: Vec<usize>,
         replies: &mut [Option<Reply<A>>],
     ) -> Vec<usize> {
-        let mut rest = Vec::with_capacity(live.len());
-        for i in live {
-            let job = &jobs[i];
-            if job.explicit_id {
-                match self.store.read_command(job.command_id).await {
-                    Ok(Some(first)) => {
-                        replies[i] = Some(self.recorded_outcome(stream, first).await);
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        replies[i] = Some(Err(e.into()));
-                        continue;
-                    }
-                }
-            }
-            rest.push(i);
+        let (with_ids, mut rest): (Vec<usize>, Vec<usize>) =
+            live.into_iter().partition(|&i| jobs[i].explicit_id);
+        if with_ids.is_empty() {
+            return rest;
         }
+        let ids: Vec<Uuid> = with_ids.iter().map(|&i| jobs[i].command_id).collect();
+        let mut found: HashMap<Uuid, CommandRecord> = match self.store.read_commands(&ids).await {
+            Ok(records) => records.into_iter().map(|r| (r.command_id, r)).collect(),
+            Err(e) => {
+                self.fail(stream, &with_ids, e, replies, CommandError::Store);
+                return rest;
+            }
+        };
+        for i in with_ids {
+            match found.remove(&jobs[i].command_id) {
+                Some(first) => replies[i] = Some(self.recorded_outcome(stream, first).await),
+                None => rest.push(i),
+            }
+        }
+        // In the order the commands came.
+        rest.sort_unstable();
         rest
     }
 

@@ -555,6 +555,7 @@ pub async fn unreadable_events_are_refused<S: EventStore>(store: &S) -> Result<(
 /// A command id names one outcome: the first record wins, whether it
 /// appended events ([`EventStore::append_command`], atomically with them)
 /// or not ([`EventStore::record_command`]); later attempts store nothing.
+/// [`EventStore::read_commands`] reads several at once.
 pub async fn command_records<S: EventStore>(store: &S) -> Result<()> {
     let s = stream("commands")?;
     let appending = Uuid::now_v7();
@@ -626,6 +627,16 @@ pub async fn command_records<S: EventStore>(store: &S) -> Result<()> {
         .unwrap_err();
     assert!(matches!(err, Error::CommandAlreadyRecorded { .. }), "{err:?}");
     assert_eq!(store.stream_version(&s).await?, 2);
+
+    // Several at once: the recorded ones, nothing for an unknown id.
+    let mut many = store.read_commands(&[late, Uuid::now_v7(), appending]).await?;
+    many.sort_by_key(|r| r.command_id != appending);
+    let expected = vec![
+        store.read_command(appending).await?.expect("recorded"),
+        store.read_command(late).await?.expect("recorded"),
+    ];
+    assert_eq!(many, expected);
+    assert!(store.read_commands(&[]).await?.is_empty());
 
     // Of concurrent first submissions of one id, exactly one is recorded.
     let raced = Uuid::now_v7();

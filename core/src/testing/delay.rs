@@ -207,4 +207,8 @@ impl<S: EventStore> EventStore for DelayedAppends<S> {
     async fn read_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>> {
         self.inner.read_command(command_id).await
     }
+
+    async fn read_commands(&self, command_ids: &[Uuid]) -> Result<Vec<CommandRecord>> {
+        self.inner.read_commands(command_ids).await
+    }
 }
