@@ -243,23 +243,21 @@ pub(crate) struct CommandRow {
     refusal: Option<String>,
 }
 
-impl CommandRow {
-    pub(crate) fn new(
-        stream_id: String,
-        decision: String,
-        first_version: Option<i64>,
-        version: i64,
-        refusal: Option<String>,
-    ) -> Self {
-        CommandRow {
-            stream_id,
-            decision,
-            first_version,
-            version,
-            refusal,
-        }
-    }
+/// A row of `strata.commands` with its command id.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct IdentifiedCommandRow {
+    command_id: Uuid,
+    #[sqlx(flatten)]
+    row: CommandRow,
+}
 
+impl IdentifiedCommandRow {
+    pub(crate) fn into_record(self) -> Result<CommandRecord> {
+        self.row.into_record(self.command_id)
+    }
+}
+
+impl CommandRow {
     pub(crate) fn into_record(self, command_id: Uuid) -> Result<CommandRecord> {
         let version = to_u64("version", self.version)?;
         let decision = match (self.decision.as_str(), self.first_version, self.refusal) {

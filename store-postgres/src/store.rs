@@ -24,8 +24,9 @@ use crate::known::KnownVersions;
 use crate::notify::{Notifier, Wakes};
 use crate::options::{MAX_BATCH_SIZE, PgEventStoreOptions};
 use crate::row::{
-    CommandRow, EVENT_COLUMNS, EventRow, FOLD_COLUMNS, FilteredRow, FoldRow, STREAM_EVENT_COLUMNS,
-    SnapshotRow, limit, to_events, to_i64_saturating, to_log_page, to_stream_events, to_u64,
+    CommandRow, EVENT_COLUMNS, EventRow, FOLD_COLUMNS, FilteredRow, FoldRow, IdentifiedCommandRow,
+    STREAM_EVENT_COLUMNS, SnapshotRow, limit, to_events, to_i64_saturating, to_log_page, to_stream_events,
+    to_u64,
 };
 
 /// How many times an append that admits its expected version is tried
@@ -1243,7 +1244,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_commands(&self, command_ids: &[Uuid]) -> Result<Vec<CommandRecord>> {
-        let rows: Vec<(Uuid, String, String, Option<i64>, i64, Option<String>)> = sqlx::query_as(
+        let rows: Vec<IdentifiedCommandRow> = sqlx::query_as(
             "SELECT command_id, stream_id, decision, first_version, version, refusal::text AS refusal
              FROM strata.commands WHERE command_id = ANY($1)",
         )
@@ -1251,13 +1252,6 @@ impl EventStore for PgEventStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(from_sqlx)?;
-        rows.into_iter()
-            .map(
-                |(command_id, stream_id, decision, first_version, version, refusal)| {
-                    CommandRow::new(stream_id, decision, first_version, version, refusal)
-                        .into_record(command_id)
-                },
-            )
-            .collect()
+        rows.into_iter().map(IdentifiedCommandRow::into_record).collect()
     }
 }
