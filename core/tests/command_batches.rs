@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use strata_core::store::{CommandDecision, EventStore};
-use strata_core::testing::DelayedAppends;
+use strata_core::testing::{DelayedAppends, Held};
 use strata_core::{
     Aggregate, CommandContext, CommandError, CommandHandler, CommandHandlerOptions, CommandOutcome, Error,
     Event, InMemoryEventStore, StreamId, Upcasters, Uuid,
@@ -117,6 +117,16 @@ async fn replies(tasks: Vec<tokio::task::JoinHandle<Reply>>) -> Vec<Reply> {
         .collect()
 }
 
+/// A handler on `store` whose first command, `a`, is submitted and held
+/// in its append: the commands submitted next queue behind it.
+async fn behind_a_held_append(store: &Store) -> (Handler, Held, tokio::task::JoinHandle<Reply>) {
+    let handler = handler(store.clone());
+    let held = store.hold_next();
+    let first = submit(&handler, add("a"), None).await;
+    held.entered().await;
+    (handler, held, first)
+}
+
 /// The texts of the stream's events in order (`(cleared)` for a clear),
 /// checking that versions run 1, 2, 3, ...
 async fn stored(store: &Store) -> Result<Vec<String>, Error> {
@@ -143,10 +153,7 @@ fn version(reply: &Reply) -> u64 {
 async fn commands_queued_behind_an_append_are_appended_together_and_a_refusal_spares_the_others() -> TestResult
 {
     let store = store();
-    let handler = handler(store.clone());
-    let held = store.hold_next();
-    let first = submit(&handler, add("a"), None).await;
-    held.entered().await;
+    let (handler, held, first) = behind_a_held_append(&store).await;
     let (refused_id, c_id) = (Uuid::now_v7(), Uuid::now_v7());
     let queued = vec![
         submit(&handler, add("b"), None).await,
@@ -225,11 +232,8 @@ async fn a_batch_whose_append_conflicts_is_decided_again_as_a_whole() -> TestRes
 #[tokio::test]
 async fn a_command_id_repeated_in_a_batch_gets_the_first_outcome() -> TestResult {
     let store = store();
-    let handler = handler(store.clone());
     let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
-    let held = store.hold_next();
-    let first = submit(&handler, add("a"), None).await;
-    held.entered().await;
+    let (handler, held, first) = behind_a_held_append(&store).await;
     let queued = vec![
         submit(&handler, add("b"), Some(x)).await,
         submit(&handler, add("not stored"), Some(x)).await,
@@ -259,10 +263,7 @@ async fn a_command_id_repeated_in_a_batch_gets_the_first_outcome() -> TestResult
 #[tokio::test]
 async fn an_event_the_store_refuses_fails_its_command_alone() -> TestResult {
     let store = DelayedAppends::new(InMemoryEventStore::with_max_event_size(1000), Duration::ZERO);
-    let handler = handler(store.clone());
-    let held = store.hold_next();
-    let first = submit(&handler, add("a"), None).await;
-    held.entered().await;
+    let (handler, held, first) = behind_a_held_append(&store).await;
     let queued = vec![
         submit(&handler, add("b"), None).await,
         submit(&handler, add(&"x".repeat(5000)), None).await,
@@ -285,10 +286,7 @@ async fn an_event_the_store_refuses_fails_its_command_alone() -> TestResult {
 #[tokio::test]
 async fn a_caller_that_gives_up_does_not_strand_the_commands_behind_it() -> TestResult {
     let store = store();
-    let handler = handler(store.clone());
-    let held = store.hold_next();
-    let abandoned = submit(&handler, add("a"), None).await;
-    held.entered().await;
+    let (handler, held, abandoned) = behind_a_held_append(&store).await;
     let behind = submit(&handler, add("b"), None).await;
     abandoned.abort();
     assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
@@ -303,10 +301,7 @@ async fn a_caller_that_gives_up_does_not_strand_the_commands_behind_it() -> Test
 #[tokio::test]
 async fn a_panic_in_the_aggregate_fails_its_batch_and_the_line_goes_on() -> TestResult {
     let store = store();
-    let handler = handler(store.clone());
-    let held = store.hold_next();
-    let first = submit(&handler, add("a"), None).await;
-    held.entered().await;
+    let (handler, held, first) = behind_a_held_append(&store).await;
     let queued = vec![
         submit(&handler, add("b"), None).await,
         submit(&handler, NoteCommand::Panic, None).await,
@@ -326,10 +321,7 @@ async fn a_panic_in_the_aggregate_fails_its_batch_and_the_line_goes_on() -> Test
 #[tokio::test]
 async fn a_batch_whose_callers_all_gave_up_is_finished_all_the_same() -> TestResult {
     let store = store();
-    let handler = handler(store.clone());
-    let held = store.hold_next();
-    let abandoned = submit(&handler, add("a"), None).await;
-    held.entered().await;
+    let (_handler, held, abandoned) = behind_a_held_append(&store).await;
     abandoned.abort();
     assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
     // Nothing comes behind it: the batch goes on on a task of its own.

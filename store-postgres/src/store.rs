@@ -503,17 +503,8 @@ impl PgEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {STREAM_EVENT_COLUMNS} FROM strata.events
-             WHERE stream_id = $1 AND stream_version >= $2
-             ORDER BY stream_version LIMIT $3"
-        ))
-        .bind(stream.as_str())
-        .bind(to_i64_saturating(from_version))
-        .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(from_sqlx)?;
+        static SQL: LazyLock<String> = LazyLock::new(|| stream_page_sql(STREAM_EVENT_COLUMNS));
+        let rows: Vec<EventRow> = self.stream_page(&SQL, stream, from_version, max_count).await?;
         to_stream_events(rows, stream)
     }
 
@@ -523,18 +514,30 @@ impl PgEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<FoldEvent>> {
-        let rows: Vec<FoldRow> = sqlx::query_as(&format!(
-            "SELECT {FOLD_COLUMNS} FROM strata.events
-             WHERE stream_id = $1 AND stream_version >= $2
-             ORDER BY stream_version LIMIT $3"
-        ))
-        .bind(stream.as_str())
-        .bind(to_i64_saturating(from_version))
-        .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(from_sqlx)?;
+        static SQL: LazyLock<String> = LazyLock::new(|| stream_page_sql(FOLD_COLUMNS));
+        let rows: Vec<FoldRow> = self.stream_page(&SQL, stream, from_version, max_count).await?;
         Ok(rows.into_iter().map(FoldEvent::from).collect())
+    }
+
+    /// Up to `max_count` rows of `stream` from `from_version`, by `sql`
+    /// (made by [`stream_page_sql`]).
+    async fn stream_page<R>(
+        &self,
+        sql: &str,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql)
+            .bind(stream.as_str())
+            .bind(to_i64_saturating(from_version))
+            .bind(limit(max_count))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)
     }
 
     async fn read_all_once(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
@@ -721,6 +724,16 @@ impl PgEventStore {
             },
         }
     }
+}
+
+/// A page of one stream, in version order: `columns` of the rows from
+/// version `$2`, at most `$3` of them.
+fn stream_page_sql(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM strata.events
+         WHERE stream_id = $1 AND stream_version >= $2
+         ORDER BY stream_version LIMIT $3"
+    )
 }
 
 pub(crate) fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64) -> Error {
