@@ -51,7 +51,7 @@ impl StreamId {
     /// The stream of one aggregate instance: `"{aggregate_type}-{id}"`, in
     /// category `aggregate_type`.
     pub fn for_aggregate(aggregate_type: &str, id: &str) -> Result<Self> {
-        Self::in_category(aggregate_type, format!("{aggregate_type}-{id}"))
+        Self::in_category(aggregate_type, [aggregate_type, "-", id].concat())
     }
 
     /// Stream `id` in `category`, which must be a non-empty prefix of it,

@@ -30,10 +30,10 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
-use sqlx::PgPool;
 use strata_core::{AppendResult, StreamId};
 use tokio::sync::oneshot;
 
+use crate::conns::Conns;
 use crate::known::KnownVersions;
 use crate::options::MAX_BATCH_SIZE;
 use crate::store::Batch;
@@ -110,7 +110,7 @@ struct State {
 /// Counts append statements in flight and holds the appends waiting for
 /// one to finish.
 pub(crate) struct Grouper {
-    pool: PgPool,
+    conns: Arc<Conns>,
     known: Arc<KnownVersions>,
     limit: usize,
     state: Mutex<State>,
@@ -148,9 +148,9 @@ impl Drop for Slot {
 }
 
 impl Grouper {
-    pub(crate) fn new(pool: PgPool, known: Arc<KnownVersions>, limit: usize) -> Self {
+    pub(crate) fn new(conns: Arc<Conns>, known: Arc<KnownVersions>, limit: usize) -> Self {
         Grouper {
-            pool,
+            conns,
             known,
             limit: limit.max(1),
             state: Mutex::new(State::default()),
@@ -226,7 +226,7 @@ impl Grouper {
                 }
                 group
             };
-            run_group(&grouper.pool, &grouper.known, group).await;
+            run_group(&grouper.conns, &grouper.known, group).await;
         }
     }
 }
@@ -267,11 +267,11 @@ fn take_group(queue: &mut VecDeque<Member>) -> Vec<Member> {
 }
 
 /// Append a group and tell each member what became of it.
-async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>) {
+async fn run_group(conns: &Conns, known: &KnownVersions, mut group: Vec<Member>) {
     if group.len() == 1 {
         let member = group.pop().expect("one member");
         let outcome = match crate::store::insert_alone(
-            pool,
+            conns,
             known,
             &member.stream,
             member.exact,
@@ -318,19 +318,21 @@ async fn run_group(pool: &PgPool, known: &KnownVersions, mut group: Vec<Member>)
             metadata.push(b.metadata[n].as_str());
         }
     }
-    let rows: Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> = sqlx::query_as(&GROUP_SQL)
-        .bind(&streams)
-        .bind(&exact)
-        .bind(&must_exist)
-        .bind(&req)
-        .bind(&k)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&categories)
-        .fetch_all(pool)
+    let rows: Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> = conns
+        .fetch_all(|| {
+            sqlx::query_as(&GROUP_SQL)
+                .bind(&streams)
+                .bind(&exact)
+                .bind(&must_exist)
+                .bind(&req)
+                .bind(&k)
+                .bind(&ids)
+                .bind(&types)
+                .bind(&schema_versions)
+                .bind(&payloads)
+                .bind(&metadata)
+                .bind(&categories)
+        })
         .await;
     let mut outcomes: Vec<Grouped> = match &rows {
         Ok(_) => group.iter().map(|_| Grouped::Rejected).collect(),
@@ -376,8 +378,8 @@ mod tests {
 
     #[tokio::test]
     async fn who_waits_and_who_goes_alone() {
-        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
-        let grouper = Arc::new(Grouper::new(pool, Arc::default(), 1));
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
+        let grouper = Arc::new(Grouper::new(Arc::new(Conns::new(pool)), Arc::default(), 1));
         let (s, t) = (StreamId::new("s").unwrap(), StreamId::new("t").unwrap());
         let small = batch(1);
         let slot = grouper.enter(&s, None, false, &small);

@@ -17,6 +17,7 @@ use strata_core::{
 };
 use uuid::Uuid;
 
+use crate::conns::Conns;
 use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_unique_violation};
 use crate::group::{Entry, Grouped, Grouper};
 use crate::horizon::Horizon;
@@ -199,6 +200,8 @@ struct Inner {
     poll_interval: Duration,
     notifier: Notifier,
     grouper: Arc<Grouper>,
+    /// The connections appends run on.
+    conns: Arc<Conns>,
     known: Arc<KnownVersions>,
     /// Whether new positions are known to lie above every stored one.
     log_base_ok: std::sync::atomic::AtomicBool,
@@ -226,6 +229,7 @@ impl PgEventStore {
 
     pub(crate) fn build(pool: PgPool, options: PgEventStoreOptions) -> Self {
         let known = Arc::new(KnownVersions::default());
+        let conns = Arc::new(Conns::new(pool.clone()));
         PgEventStore {
             inner: Arc::new(Inner {
                 max_event_size: options.max_event_size,
@@ -233,11 +237,12 @@ impl PgEventStore {
                 poll_interval: options.poll_interval,
                 notifier: Notifier::new(),
                 grouper: Arc::new(Grouper::new(
-                    pool.clone(),
+                    conns.clone(),
                     known.clone(),
                     options.max_concurrent_appends,
                 )),
                 known,
+                conns,
                 pool,
                 log_base_ok: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -618,17 +623,17 @@ impl PgEventStore {
             };
         }
         let (exact, must_exist) = expectation(expected)?;
-        let (pool, known) = (&self.inner.pool, &*self.inner.known);
+        let (conns, known) = (&*self.inner.conns, &*self.inner.known);
         for attempt in 1.. {
             let inserted = match records {
                 Records::Command(command_id) => {
-                    insert_command(pool, stream, exact, must_exist, &batch, command_id).await
+                    insert_command(conns, stream, exact, must_exist, &batch, command_id).await
                 }
                 Records::Decisions(decisions) => {
-                    insert_commands(pool, stream, exact, must_exist, &batch, decisions).await
+                    insert_commands(conns, stream, exact, must_exist, &batch, decisions).await
                 }
                 Records::None if attempt == 1 => self.first_insert(stream, exact, must_exist, &batch).await,
-                Records::None => insert_alone(pool, known, stream, exact, must_exist, &batch).await,
+                Records::None => insert_alone(conns, known, stream, exact, must_exist, &batch).await,
             };
             match inserted {
                 Ok(Some((result, table))) => {
@@ -706,11 +711,11 @@ impl PgEventStore {
         must_exist: bool,
         batch: &Arc<Batch>,
     ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-        let (pool, known) = (&self.inner.pool, &*self.inner.known);
+        let (conns, known) = (&*self.inner.conns, &*self.inner.known);
         match self.inner.grouper.enter(stream, exact, must_exist, batch) {
-            Entry::Bypass => insert_alone(pool, known, stream, exact, must_exist, batch).await,
+            Entry::Bypass => insert_alone(conns, known, stream, exact, must_exist, batch).await,
             Entry::Alone(slot) => {
-                let inserted = insert_alone(pool, known, stream, exact, must_exist, batch).await;
+                let inserted = insert_alone(conns, known, stream, exact, must_exist, batch).await;
                 drop(slot);
                 inserted
             }
@@ -719,7 +724,7 @@ impl PgEventStore {
                 Ok(Grouped::Rejected) => Ok(None),
                 // Told to go alone, or nobody served the queue.
                 Ok(Grouped::Alone) | Err(_) => {
-                    insert_alone(pool, known, stream, exact, must_exist, batch).await
+                    insert_alone(conns, known, stream, exact, must_exist, batch).await
                 }
             },
         }
@@ -828,24 +833,27 @@ pub(crate) async fn insert<'e>(
     must_exist: bool,
     batch: &Batch,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    // (first position, version before, table); none: the expectation failed.
-    let row: Option<(i64, i64, i64)> = if batch.len() == 1 {
+    let row = insert_query(stream, exact, must_exist, batch)
+        .fetch_optional(exec)
+        .await
+        .map_err(InsertError::Sql)?;
+    row.map(|row| appended(row, batch.len())).transpose()
+}
+
+/// The append statement for `batch`, its parameters bound. Its row:
+/// (first position, version before, table); none: the expectation failed.
+fn insert_query<'q>(
+    stream: &'q StreamId,
+    exact: Option<i64>,
+    must_exist: bool,
+    batch: &'q Batch,
+) -> QueryAs<'q, Postgres, (i64, i64, i64), PgArguments> {
+    let query = if batch.len() == 1 {
         one_event(&APPEND_ONE_SQL, stream, batch)
-            .bind(exact)
-            .bind(must_exist)
-            .bind(stream.category())
-            .fetch_optional(exec)
-            .await
     } else {
         events(&APPEND_SQL, stream, batch)
-            .bind(exact)
-            .bind(must_exist)
-            .bind(stream.category())
-            .fetch_optional(exec)
-            .await
-    }
-    .map_err(InsertError::Sql)?;
-    row.map(|row| appended(row, batch.len())).transpose()
+    };
+    query.bind(exact).bind(must_exist).bind(stream.category())
 }
 
 /// A single-event append statement with its first six parameters bound:
@@ -911,7 +919,7 @@ enum Records<'a> {
 /// [`check_command_records`]) and the records of `decisions`, in one
 /// statement.
 async fn insert_commands(
-    pool: &PgPool,
+    conns: &Conns,
     stream: &StreamId,
     exact: Option<i64>,
     must_exist: bool,
@@ -935,16 +943,18 @@ async fn insert_commands(
         versions.push(to_i64_saturating(version));
         refusals.push(refusal.map(|r| r.to_string()));
     }
-    let row: Option<(i64, i64, i64)> = events(&APPEND_COMMANDS_SQL, stream, batch)
-        .bind(exact)
-        .bind(must_exist)
-        .bind(stream.category())
-        .bind(ids)
-        .bind(kinds)
-        .bind(firsts)
-        .bind(versions)
-        .bind(refusals)
-        .fetch_optional(pool)
+    let row = conns
+        .fetch_optional(|| {
+            events(&APPEND_COMMANDS_SQL, stream, batch)
+                .bind(exact)
+                .bind(must_exist)
+                .bind(stream.category())
+                .bind(&ids)
+                .bind(&kinds)
+                .bind(&firsts)
+                .bind(&versions)
+                .bind(&refusals)
+        })
         .await
         .map_err(InsertError::Sql)?;
     row.map(|row| appended(row, batch.len())).transpose()
@@ -973,19 +983,21 @@ fn decision_columns(
 /// Run [`APPEND_COMMAND_SQL`]: the append and the record of command
 /// `command_id`, in one statement.
 async fn insert_command(
-    pool: &PgPool,
+    conns: &Conns,
     stream: &StreamId,
     exact: Option<i64>,
     must_exist: bool,
     batch: &Batch,
     command_id: Uuid,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    let row: Option<(i64, i64, i64)> = events(&APPEND_COMMAND_SQL, stream, batch)
-        .bind(exact)
-        .bind(must_exist)
-        .bind(stream.category())
-        .bind(command_id)
-        .fetch_optional(pool)
+    let row = conns
+        .fetch_optional(|| {
+            events(&APPEND_COMMAND_SQL, stream, batch)
+                .bind(exact)
+                .bind(must_exist)
+                .bind(stream.category())
+                .bind(command_id)
+        })
         .await
         .map_err(InsertError::Sql)?;
     row.map(|row| appended(row, batch.len())).transpose()
@@ -995,7 +1007,7 @@ async fn insert_command(
 /// `known` holds as committed (or at 0) goes without reading the stream's
 /// version first (see [`crate::known`]).
 pub(crate) async fn insert_alone(
-    pool: &PgPool,
+    conns: &Conns,
     known: &KnownVersions,
     stream: &StreamId,
     exact: Option<i64>,
@@ -1011,30 +1023,36 @@ pub(crate) async fn insert_alone(
             Err(_) => None,
         };
         if let Some(table) = table {
-            match insert_known(pool, stream, after, table, batch).await? {
+            match insert_known(conns, stream, after, table, batch).await? {
                 Some(appended) => return Ok(Some(appended)),
                 // The table was created anew: what the store knew is void.
                 None => known.forget(),
             }
         }
     }
-    insert(pool, stream, exact, must_exist, batch).await
+    let row = conns
+        .fetch_optional(|| insert_query(stream, exact, must_exist, batch))
+        .await
+        .map_err(InsertError::Sql)?;
+    row.map(|row| appended(row, batch.len())).transpose()
 }
 
 /// Run [`APPEND_KNOWN_SQL`] for a one-event batch. `None`: the table is not
 /// the one with OID `table` any more.
 async fn insert_known(
-    pool: &PgPool,
+    conns: &Conns,
     stream: &StreamId,
     after: i64,
     table: Option<i64>,
     batch: &Batch,
 ) -> Result<Option<(AppendResult, i64)>, InsertError> {
-    let row: Option<(i64, i64, i64)> = one_event(&APPEND_KNOWN_SQL, stream, batch)
-        .bind(after)
-        .bind(table)
-        .bind(stream.category())
-        .fetch_optional(pool)
+    let row = conns
+        .fetch_optional(|| {
+            one_event(&APPEND_KNOWN_SQL, stream, batch)
+                .bind(after)
+                .bind(table)
+                .bind(stream.category())
+        })
         .await
         .map_err(InsertError::Sql)?;
     row.map(|row| appended(row, 1)).transpose()

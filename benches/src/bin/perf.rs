@@ -4,7 +4,11 @@
 //! through `scripts/bench`, which starts a throw-away server. Every figure is
 //! measured for the framework and for a baseline that does the same
 //! database work with plain sqlx statements (the same rows inserted into an
-//! identically indexed table, the same rows read). Each of five rounds runs
+//! identically indexed table, the same rows read). Each raw writer holds
+//! one connection for the whole measurement, as plain code running
+//! statement after statement would: a sqlx pool checks a connection with a
+//! round trip to the server each time it hands one out and again when it
+//! comes back, which would slow the raw side. Each of five rounds runs
 //! the two back to back, alternating which goes first. Each figure is
 //! printed as one JSON line with `name`, `unit`, `framework` and `raw` (the
 //! median rates), `ratio` (the median of the per-round ratios framework /
@@ -310,7 +314,12 @@ async fn raw_insert<'e>(
     Ok(())
 }
 
-async fn raw_insert_batch(pool: &PgPool, stream: &str, after: i64, events: &[NewEvent]) -> Res<()> {
+async fn raw_insert_batch<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    stream: &str,
+    after: i64,
+    events: &[NewEvent],
+) -> Res<()> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
@@ -327,7 +336,7 @@ async fn raw_insert_batch(pool: &PgPool, stream: &str, after: i64, events: &[New
         .bind(versions)
         .bind(payloads)
         .bind(metadata)
-        .execute(pool)
+        .execute(exec)
         .await?;
     Ok(())
 }
@@ -336,6 +345,7 @@ async fn raw_insert_batch(pool: &PgPool, stream: &str, after: i64, events: &[New
 /// after; `$2`: `category`, if given) until a page comes back empty,
 /// counting the rows.
 async fn raw_read_pages(pool: &PgPool, sql: &str, category: Option<&str>) -> Res<Sample> {
+    let mut conn = pool.acquire().await?;
     let start = Instant::now();
     let mut after = 0i64;
     let mut n = 0u64;
@@ -344,7 +354,7 @@ async fn raw_read_pages(pool: &PgPool, sql: &str, category: Option<&str>) -> Res
         if let Some(category) = category {
             query = query.bind(category);
         }
-        let rows = query.fetch_all(pool).await?;
+        let rows = query.fetch_all(&mut *conn).await?;
         let Some(last) = rows.last() else { break };
         after = last.0;
         n += rows.len() as u64;
@@ -357,11 +367,11 @@ async fn raw_read_pages(pool: &PgPool, sql: &str, category: Option<&str>) -> Res
 }
 
 /// Read a stream the raw way and fold it like the aggregate would.
-async fn raw_load(pool: &PgPool, stream: &str, from: i64, mut total: u64) -> Res<(u64, i64)> {
+async fn raw_load(conn: &mut PgConnection, stream: &str, from: i64, mut total: u64) -> Res<(u64, i64)> {
     let rows: Vec<RawRow> = sqlx::query_as(RAW_READ_STREAM)
         .bind(stream)
         .bind(from)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let mut version = from - 1;
     for row in rows {
@@ -381,7 +391,7 @@ fn decode(event_type: &str, payload: Value) -> Res<CounterEvent> {
 /// needs, in pages of the handler's default `read_batch` rows, each page
 /// the rows after the last version read (until a page is not full), each
 /// event checked to follow the last and folded into a `Counter`.
-async fn raw_fold(pool: &PgPool, stream: &str) -> Res<(Counter, i64)> {
+async fn raw_fold(conn: &mut PgConnection, stream: &str) -> Res<(Counter, i64)> {
     let batch = CommandHandlerOptions::default().read_batch;
     let (mut state, mut last) = (Counter::default(), 0i64);
     loop {
@@ -392,7 +402,7 @@ async fn raw_fold(pool: &PgPool, stream: &str) -> Res<(Counter, i64)> {
         .bind(stream)
         .bind(last)
         .bind(batch as i64)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         let full = rows.len() == batch;
         for (version, event_type, schema, payload) in rows {
@@ -409,15 +419,39 @@ async fn raw_fold(pool: &PgPool, stream: &str) -> Res<(Counter, i64)> {
     }
 }
 
-/// Single-event appends by `writers` writers through `pool`, each on a
-/// fresh raw stream of its own (versions 1, 2, ...), one INSERT per
-/// transaction.
-fn raw_appends(pool: PgPool, writers: usize, per_writer: usize) -> impl Future<Output = Res<Sample>> {
+/// A connection of `pool` for each of `writers` raw writers, to hold for
+/// a measurement.
+async fn hold(pool: &PgPool, writers: usize) -> Res<Vec<Held>> {
+    let mut held = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        held.push(Arc::new(tokio::sync::Mutex::new(pool.acquire().await?)));
+    }
+    Ok(held)
+}
+
+/// A raw writer's connection (only its writer locks it).
+type Held = Arc<tokio::sync::Mutex<sqlx::pool::PoolConnection<sqlx::Postgres>>>;
+
+/// Single-event appends by `writers` writers, each on a connection of
+/// `pool` it holds and a fresh raw stream of its own (versions 1, 2, ...),
+/// one INSERT per transaction.
+async fn raw_appends(pool: PgPool, writers: usize, per_writer: usize) -> Res<Sample> {
     let tag = Uuid::now_v7();
+    let held = hold(&pool, writers).await?;
     run_writers(writers, per_writer, move |w, i| {
-        let pool = pool.clone();
-        async move { raw_insert(&pool, &format!("raw-{tag}-{w}"), i as i64 + 1, &new_event(1)).await }
+        let conn = Arc::clone(&held[w]);
+        async move {
+            let mut conn = conn.lock().await;
+            raw_insert(
+                &mut **conn,
+                &format!("raw-{tag}-{w}"),
+                i as i64 + 1,
+                &new_event(1),
+            )
+            .await
+        }
     })
+    .await
 }
 
 /// What commands did: how many were run, how many failed, how many
@@ -602,13 +636,19 @@ impl Bench {
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
-            let raw = run_writers(writers, batches, move |w, i| {
-                let pool = pool.clone();
-                async move {
-                    let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
-                    raw_insert_batch(&pool, &format!("raw-{tag}-{w}"), (i * size) as i64, &events).await
-                }
-            });
+            let raw = async move {
+                let held = hold(&pool, writers).await?;
+                run_writers(writers, batches, move |w, i| {
+                    let conn = Arc::clone(&held[w]);
+                    async move {
+                        let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
+                        let mut conn = conn.lock().await;
+                        let stream = format!("raw-{tag}-{w}");
+                        raw_insert_batch(&mut **conn, &stream, (i * size) as i64, &events).await
+                    }
+                })
+                .await
+            };
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
             let fw = run_writers(writers, batches, move |w, i| {
@@ -635,15 +675,20 @@ impl Bench {
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let pool = self.pool.clone();
-            let raw = run_writers(writers, per_writer, move |w, i| {
-                let pool = pool.clone();
-                async move {
-                    let stream = format!("raw-{tag}-{w}-{}", i % 64);
-                    let (total, version) = raw_load(&pool, &stream, 1, 0).await?;
-                    let event = new_event(total % 7 + 1);
-                    raw_insert(&pool, &stream, version + 1, &event).await
-                }
-            });
+            let raw = async move {
+                let held = hold(&pool, writers).await?;
+                run_writers(writers, per_writer, move |w, i| {
+                    let conn = Arc::clone(&held[w]);
+                    async move {
+                        let stream = format!("raw-{tag}-{w}-{}", i % 64);
+                        let mut conn = conn.lock().await;
+                        let (total, version) = raw_load(&mut conn, &stream, 1, 0).await?;
+                        let event = new_event(total % 7 + 1);
+                        raw_insert(&mut **conn, &stream, version + 1, &event).await
+                    }
+                })
+                .await
+            };
             let handler = command_handler(self.store.clone());
             let fw = run_writers(writers, per_writer, move |w, i| {
                 let handler = handler.clone();
@@ -798,29 +843,34 @@ impl Bench {
         for _ in 0..ROUNDS {
             let pool = self.pool.clone();
             let raw_stream = raw_stream.clone();
-            let raw = run_writers(1, loads, move |_, _| {
-                let (pool, stream) = (pool.clone(), raw_stream.clone());
-                async move {
-                    if !snapshot {
-                        raw_fold(&pool, &stream).await?;
-                        return Ok(());
+            let raw = async move {
+                let held = hold(&pool, 1).await?;
+                run_writers(1, loads, move |_, _| {
+                    let (conn, stream) = (Arc::clone(&held[0]), raw_stream.clone());
+                    async move {
+                        let mut conn = conn.lock().await;
+                        if !snapshot {
+                            raw_fold(&mut conn, &stream).await?;
+                            return Ok(());
+                        }
+                        let (version, state): (i64, Value) = sqlx::query_as(
+                            "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
+                        )
+                        .bind(&stream)
+                        .fetch_one(&mut **conn)
+                        .await?;
+                        raw_load(
+                            &mut conn,
+                            &stream,
+                            version + 1,
+                            serde_json::from_value::<Counter>(state)?.total,
+                        )
+                        .await?;
+                        Ok(())
                     }
-                    let (version, state): (i64, Value) = sqlx::query_as(
-                        "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
-                    )
-                    .bind(&stream)
-                    .fetch_one(&pool)
-                    .await?;
-                    raw_load(
-                        &pool,
-                        &stream,
-                        version + 1,
-                        serde_json::from_value::<Counter>(state)?.total,
-                    )
-                    .await?;
-                    Ok(())
-                }
-            });
+                })
+                .await
+            };
             let handler = handler.clone();
             let id = id.clone();
             let fw = run_writers(1, loads, move |_, _| {
@@ -889,12 +939,13 @@ impl Bench {
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
             let raw = async {
+                let mut conn = self.pool.acquire().await?;
                 let start = Instant::now();
                 let mut latencies = Vec::with_capacity(units);
                 let stream = format!("raw-{tag}");
                 for i in 0..units {
                     let began = Instant::now();
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                     raw_insert(&mut *tx, &stream, i as i64 + 1, &new_event(1)).await?;
                     sqlx::query("INSERT INTO side VALUES ($1)")
                         .bind(Uuid::now_v7())
@@ -1147,11 +1198,12 @@ impl ProjectionBench {
                 .as_str(),
             )
             .await?;
+        let mut conn = self.pool.acquire().await?;
         let start = Instant::now();
         let mut after = 0i64;
         let mut n = 0u64;
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::query("SELECT set_config('search_path', $1, true)")
                 .bind(schema)
                 .execute(&mut *tx)

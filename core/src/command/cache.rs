@@ -213,23 +213,41 @@ impl<A> AggregateCache<A> {
                 lru.touch(stream);
                 return;
             }
-            lru.remove(stream);
             if bytes > self.options.max_bytes || self.options.max_entries == 0 {
+                lru.remove(stream);
                 return;
             }
             let tick = lru.next_tick;
             lru.next_tick += 1;
-            lru.order.insert(tick, stream.clone());
-            lru.entries.insert(
-                stream.clone(),
-                Entry {
-                    state,
-                    version,
-                    bytes,
-                    tick,
-                },
-            );
-            lru.bytes += bytes;
+            let lru = &mut *lru;
+            match lru.entries.get_mut(stream) {
+                // A stream cached already keeps its key: it moves to the
+                // end of the use order.
+                Some(entry) => {
+                    let key = lru.order.remove(&entry.tick).unwrap_or_else(|| stream.clone());
+                    lru.order.insert(tick, key);
+                    lru.bytes = lru.bytes - entry.bytes + bytes;
+                    *entry = Entry {
+                        state,
+                        version,
+                        bytes,
+                        tick,
+                    };
+                }
+                None => {
+                    lru.order.insert(tick, stream.clone());
+                    lru.entries.insert(
+                        stream.clone(),
+                        Entry {
+                            state,
+                            version,
+                            bytes,
+                            tick,
+                        },
+                    );
+                    lru.bytes += bytes;
+                }
+            }
             while lru.entries.len() > self.options.max_entries || lru.bytes > self.options.max_bytes {
                 let Some((_, oldest)) = lru.order.pop_first() else {
                     break;

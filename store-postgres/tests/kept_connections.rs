@@ -1,0 +1,115 @@
+//! Appends run on connections the store keeps between statements, unchecked
+//! (see the crate docs, "Connections"). A kept connection that is gone
+//! must cost nothing but a retry on a fresh one, and a closed pool must
+//! close them too.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Connection;
+use strata_core::error::BoxError;
+use strata_core::{EventStore, ExpectedVersion, StreamId};
+use strata_store_postgres::testing::{fresh_database_url, new_event};
+use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
+use uuid::Uuid;
+
+/// End every backend of the store's database but the caller's: the store's
+/// kept and pooled connections alike. Returns how many were ended.
+async fn terminate_all(url: &str) -> Result<i64, BoxError> {
+    let mut admin = sqlx::PgConnection::connect(url).await?;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await?;
+    admin.close().await?;
+    // The backends end asynchronously.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(ended)
+}
+
+async fn versions(store: &PgEventStore, stream: &StreamId) -> Result<Vec<u64>, BoxError> {
+    let events = store.read_stream(stream, 1, usize::MAX).await?;
+    Ok(events.iter().map(|e| e.stream_version).collect())
+}
+
+#[tokio::test]
+async fn appends_go_on_after_their_connections_are_terminated() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStoreOptions::new(&url)
+        .max_connections(4)
+        .connect()
+        .await?;
+    let stream = StreamId::new("kept-1")?;
+    let mut version = 0u64;
+    // Each kind of append statement, each right after every connection of
+    // the store was ended: a single event at a version the store knows,
+    // one at a version it must read, a batch, and a command's append.
+    for round in 0..4 {
+        let ended = terminate_all(&url).await?;
+        if round > 0 {
+            assert!(
+                ended >= 1,
+                "round {round}: the kept connection must have been ended"
+            );
+        }
+        let result = match round {
+            0 | 1 => {
+                let expected = match round {
+                    0 => ExpectedVersion::Exact(version),
+                    _ => ExpectedVersion::Any,
+                };
+                store
+                    .append(&stream, expected, vec![new_event("A", json!(round))])
+                    .await?
+            }
+            2 => {
+                let events = vec![new_event("A", json!(2)), new_event("A", json!(3))];
+                store
+                    .append(&stream, ExpectedVersion::Exact(version), events)
+                    .await?
+            }
+            _ => {
+                store
+                    .append_command(
+                        &stream,
+                        ExpectedVersion::Exact(version),
+                        vec![new_event("A", json!(4))],
+                        Uuid::now_v7(),
+                    )
+                    .await?
+            }
+        };
+        version = result.stream_version;
+    }
+    assert_eq!(version, 5);
+    assert_eq!(versions(&store, &stream).await?, (1..=5).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn kept_connections_close_with_the_pool() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStoreOptions::new(&url)
+        .max_connections(4)
+        .connect()
+        .await?;
+    let stream = StreamId::new("kept-2")?;
+    for v in 0..3 {
+        store
+            .append(&stream, ExpectedVersion::Exact(v), vec![new_event("A", json!(v))])
+            .await?;
+    }
+    tokio::time::timeout(Duration::from_secs(10), store.pool().close()).await?;
+    // The store kept a connection, and it still works; but the append is
+    // refused, as one on a closed pool is.
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(3), vec![new_event("A", json!(3))])
+        .await;
+    assert!(
+        matches!(refused, Err(strata_core::Error::Connection(_))),
+        "an append on a closed pool: {refused:?}"
+    );
+    Ok(())
+}
