@@ -1,5 +1,5 @@
-//! Connections the store keeps for its append statements (see the crate
-//! docs, "Connections").
+//! Connections the store keeps for its statements (see the crate docs,
+//! "Connections").
 //!
 //! A statement on a sqlx pool costs two extra round trips beside its own:
 //! the pool pings an idle connection before handing it out, and pings it
@@ -21,12 +21,12 @@
 //! connection in an unknown state: a kept one is closed, a pooled one goes
 //! back to the pool, which checks it; neither is kept.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::postgres::{PgArguments, PgRow, PgTransactionManager};
 use sqlx::query::QueryAs;
-use sqlx::{FromRow, PgConnection, PgPool, Postgres};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, TransactionManager};
 
 use crate::error::is_connection_error;
 
@@ -41,57 +41,69 @@ pub(crate) struct Conns {
 }
 
 /// A connection in use: kept by the store, or checked out of the pool.
-enum Conn {
+#[derive(Debug)]
+pub(crate) enum Conn {
     Kept(PgConnection),
     Pooled(PoolConnection<Postgres>),
 }
 
 impl Conn {
-    fn get(&mut self) -> &mut PgConnection {
+    pub(crate) fn get(&mut self) -> &mut PgConnection {
         match self {
             Conn::Kept(conn) => conn,
             Conn::Pooled(conn) => conn,
         }
     }
+
+    /// Drop the connection without returning it to the pool.
+    pub(crate) fn close(self) {
+        if let Conn::Pooled(mut conn) = self {
+            conn.close_on_drop();
+        }
+    }
 }
 
-/// Run `$run` (a query run on `$conn`) on a kept connection of `$conns`,
-/// or on one from the pool if none is idle or the kept one turns out to
-/// be gone; keep the connection afterwards unless it failed.
-macro_rules! on_a_connection {
-    ($conns:ident, |$conn:ident| $run:expr) => {{
-        if let Some(kept) = $conns.take_kept() {
-            let mut conn = Conn::Kept(kept);
+/// Run `$run`, a statement run on connection `$conn` (an expression that
+/// may be evaluated twice), on a kept connection of `$conns` (a `&Conns`),
+/// or on one from the pool if none is idle or the kept one turns out to be
+/// gone; keep the connection afterwards unless it failed. Evaluates to the
+/// statement's `Result<_, sqlx::Error>`.
+macro_rules! on_conn {
+    ($conns:expr, |$conn:ident| $run:expr) => {{
+        let conns: &$crate::conns::Conns = $conns;
+        let mut done = None;
+        if let Some(mut conn) = conns.take_kept() {
             let result = {
                 let $conn = conn.get();
                 $run.await
             };
             match result {
-                Err(e) if is_connection_error(&e) => {
+                Err(e) if $crate::error::is_connection_error(&e) => {
                     tracing::debug!(error = %e, "a kept connection is gone, trying a fresh one");
                 }
                 result => {
-                    $conns.put_back(conn);
-                    return result;
+                    conns.put_back(conn);
+                    done = Some(result);
                 }
             }
         }
-        let mut conn = Conn::Pooled($conns.pool.acquire().await?);
-        let result = {
-            let $conn = conn.get();
-            $run.await
-        };
-        match &result {
-            Err(e) if is_connection_error(e) => {
-                if let Conn::Pooled(mut conn) = conn {
-                    conn.close_on_drop();
+        match done {
+            Some(result) => result,
+            None => match conns.acquire().await {
+                Err(e) => Err(e),
+                Ok(mut conn) => {
+                    let result = {
+                        let $conn = conn.get();
+                        $run.await
+                    };
+                    conns.after(conn, &result);
+                    result
                 }
-            }
-            _ => $conns.put_back(conn),
+            },
         }
-        result
     }};
 }
+pub(crate) use on_conn;
 
 impl Conns {
     /// Keep at most a quarter of the pool's connections (at least one).
@@ -118,7 +130,7 @@ impl Conns {
     where
         O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
     {
-        on_a_connection!(self, |conn| query().fetch_optional(conn))
+        on_conn!(self, |conn| query().fetch_optional(conn))
     }
 
     /// [`fetch_optional`](Self::fetch_optional) for any number of rows.
@@ -129,23 +141,37 @@ impl Conns {
     where
         O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
     {
-        on_a_connection!(self, |conn| query().fetch_all(conn))
+        on_conn!(self, |conn| query().fetch_all(conn))
     }
 
     /// A kept connection, if one is idle and the pool is open.
-    fn take_kept(&self) -> Option<PgConnection> {
+    pub(crate) fn take_kept(&self) -> Option<Conn> {
         let mut kept = self.lock();
         if self.pool.is_closed() {
             kept.clear();
             return None;
         }
-        kept.pop()
+        kept.pop().map(Conn::Kept)
+    }
+
+    /// A connection from the pool (checked by it).
+    pub(crate) async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+        Ok(Conn::Pooled(self.pool.acquire().await?))
+    }
+
+    /// After a statement on `conn` ended with `result`: keep `conn`, unless
+    /// the statement failed because the connection is gone.
+    pub(crate) fn after<T>(&self, conn: Conn, result: &Result<T, sqlx::Error>) {
+        match result {
+            Err(e) if is_connection_error(e) => conn.close(),
+            _ => self.put_back(conn),
+        }
     }
 
     /// Keep `conn` for the next statement, if there is room; else a pooled
     /// one goes back to the pool and a kept one is closed (dropped once the
     /// lock is released).
-    fn put_back(&self, conn: Conn) {
+    pub(crate) fn put_back(&self, conn: Conn) {
         let mut kept = self.lock();
         if kept.len() >= self.keep || self.pool.is_closed() {
             drop(kept);
@@ -156,5 +182,92 @@ impl Conns {
             Conn::Kept(conn) => conn,
             Conn::Pooled(conn) => conn.detach(),
         });
+    }
+}
+
+/// A transaction on one of the store's connections (a unit of work's).
+/// Committed or rolled back, its connection is kept; if that fails, or if
+/// the transaction is dropped before, it rolls back as sqlx's own
+/// transactions do (a `ROLLBACK` queued for the connection's next use) and
+/// its connection is not kept: a pooled one goes back to the pool (which
+/// sends the `ROLLBACK` as it checks it), a kept one is closed (which ends
+/// the transaction on the server).
+#[derive(Debug)]
+pub(crate) struct Tx {
+    conns: Arc<Conns>,
+    conn: Option<Conn>,
+}
+
+impl Tx {
+    /// `BEGIN` on a kept connection, or on one from the pool if none is
+    /// idle or the kept one is gone.
+    pub(crate) async fn begin(conns: &Arc<Conns>) -> Result<Tx, sqlx::Error> {
+        let on = |conn| Tx {
+            conns: Arc::clone(conns),
+            conn: Some(conn),
+        };
+        if let Some(mut conn) = conns.take_kept() {
+            match PgTransactionManager::begin(conn.get(), None).await {
+                Ok(()) => return Ok(on(conn)),
+                Err(e) if is_connection_error(&e) => {
+                    tracing::debug!(error = %e, "a kept connection is gone, trying a fresh one");
+                }
+                Err(e) => {
+                    conns.put_back(conn);
+                    return Err(e);
+                }
+            }
+        }
+        let mut conn = conns.acquire().await?;
+        let begun = PgTransactionManager::begin(conn.get(), None).await;
+        match begun {
+            Ok(()) => Ok(on(conn)),
+            Err(e) => {
+                match is_connection_error(&e) {
+                    true => conn.close(),
+                    false => conns.put_back(conn),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The transaction's connection.
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("a transaction has its connection until it ends")
+            .get()
+    }
+
+    /// `COMMIT`.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end(true).await
+    }
+
+    /// `ROLLBACK`.
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end(false).await
+    }
+
+    async fn end(mut self, commit: bool) -> Result<(), sqlx::Error> {
+        let conn = self.conn();
+        match commit {
+            true => PgTransactionManager::commit(conn).await?,
+            false => PgTransactionManager::rollback(conn).await?,
+        }
+        // Ended: the connection is in no transaction any more.
+        if let Some(conn) = self.conn.take() {
+            self.conns.put_back(conn);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            PgTransactionManager::start_rollback(conn.get());
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::PgArguments;
-use sqlx::query::QueryAs;
+use sqlx::query::{QueryAs, QueryScalar};
 use sqlx::{PgExecutor, PgPool, Postgres};
 use strata_core::store::{
     CommandDecision, CommandRecord, FilteredSubscription, LogFilter, LogPage, check_command_records, follow,
@@ -17,7 +17,7 @@ use strata_core::{
 };
 use uuid::Uuid;
 
-use crate::conns::Conns;
+use crate::conns::{Conns, on_conn};
 use crate::error::{UnsupportedExpectedVersion, from_migrate, from_sqlx, is_unique_violation};
 use crate::group::{Entry, Grouped, Grouper};
 use crate::horizon::Horizon;
@@ -249,6 +249,11 @@ impl PgEventStore {
         }
     }
 
+    /// The connections appends and units of work run on.
+    pub(crate) fn conns(&self) -> &Arc<Conns> {
+        &self.inner.conns
+    }
+
     /// The connection pool.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
@@ -274,10 +279,11 @@ impl PgEventStore {
             .map_err(from_migrate)?;
         // After a restore into another cluster, positions must go on from
         // the restored ones (migration 0005).
-        sqlx::query("SELECT strata.raise_log_base()")
-            .execute(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
+        on_conn!(&self.inner.conns, |c| sqlx::query(
+            "SELECT strata.raise_log_base()"
+        )
+        .execute(c))
+        .map_err(from_sqlx)?;
         self.inner
             .log_base_ok
             .store(true, std::sync::atomic::Ordering::Release);
@@ -301,10 +307,8 @@ impl PgEventStore {
                         pg_snapshot_xmax(pg_current_snapshot())::text::bigint << 20",
             )
         });
-        let (top, next): (i64, i64) = sqlx::query_as(&CHECK_SQL)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
+        let (top, next): (i64, i64) =
+            on_conn!(&self.inner.conns, |c| sqlx::query_as(&CHECK_SQL).fetch_one(c)).map_err(from_sqlx)?;
         if next <= top {
             return Err(Error::Configuration(Box::new(crate::error::LogBaseBehind {
                 stored: top,
@@ -355,10 +359,8 @@ impl PgEventStore {
              FROM h LEFT JOIN o ON true",
             )
         });
-        let (below, held, age, pid, gid, database, user, state): Row = sqlx::query_as(&HORIZON_SQL)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
+        let (below, held, age, pid, gid, database, user, state): Row =
+            on_conn!(&self.inner.conns, |c| sqlx::query_as(&HORIZON_SQL).fetch_one(c)).map_err(from_sqlx)?;
         let horizon = Horizon {
             readable_below: to_u64("horizon", below)?,
             held_back_events: to_u64("held back events", held)?,
@@ -473,14 +475,13 @@ impl PgEventStore {
              SELECT below, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM h"
         ));
         // Each row is decoded as it arrives, while the server sends the next.
-        let rows: Vec<FilteredRow> = sqlx::query_as(&sql)
+        let rows: Vec<FilteredRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(&sql)
             .bind(to_i64_saturating(after_position))
             .bind(limit(max_count))
             .bind(&filter.categories)
             .bind(&filter.event_types)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
+            .fetch_all(c))
+        .map_err(from_sqlx)?;
         let below = rows.first().map_or(0, |r| r.below);
         let mut events: Vec<EventRow> = rows.into_iter().filter_map(|r| r.event).collect();
         events.sort_by_key(EventRow::position);
@@ -536,13 +537,12 @@ impl PgEventStore {
     where
         R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
-        sqlx::query_as(sql)
+        on_conn!(&self.inner.conns, |c| sqlx::query_as(sql)
             .bind(stream.as_str())
             .bind(to_i64_saturating(from_version))
             .bind(limit(max_count))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)
+            .fetch_all(c))
+        .map_err(from_sqlx)
     }
 
     async fn read_all_once(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
@@ -563,12 +563,11 @@ impl PgEventStore {
                  ORDER BY global_position"
             ))
         });
-        let rows: Vec<EventRow> = sqlx::query_as(&READ_ALL_SQL)
+        let rows: Vec<EventRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(&READ_ALL_SQL)
             .bind(to_i64_saturating(after_position))
             .bind(limit(max_count))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
+            .fetch_all(c))
+        .map_err(from_sqlx)?;
         to_log_page(rows)
     }
 
@@ -584,12 +583,11 @@ impl PgEventStore {
 
     pub(crate) async fn stored_with_ids(&self, events: &[NewEvent]) -> Result<Vec<RecordedEvent>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        let rows: Vec<EventRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM strata.events WHERE event_id = ANY($1)"
         ))
-        .bind(ids)
-        .fetch_all(&self.inner.pool)
-        .await
+        .bind(&ids)
+        .fetch_all(c))
         .map_err(from_sqlx)?;
         to_events(rows)
     }
@@ -612,7 +610,7 @@ impl PgEventStore {
         check_command_records(stream, expected, events.len(), decisions)?;
         self.ensure_log_base().await?;
         if events.is_empty() && decisions.is_empty() {
-            let actual = version_of(&self.inner.pool, stream).await?;
+            let actual = self.version(stream).await?;
             return if expected.admits(actual) {
                 Ok(AppendResult {
                     stream_version: actual,
@@ -664,7 +662,7 @@ impl PgEventStore {
             if let Some(command_id) = self.first_recorded(decisions).await? {
                 return Err(Error::CommandAlreadyRecorded { command_id });
             }
-            let actual = version_of(&self.inner.pool, stream).await?;
+            let actual = self.version(stream).await?;
             if !expected.admits(actual) || attempt >= MAX_APPEND_ATTEMPTS {
                 metrics::counter!("strata_store_append_conflicts_total").increment(1);
                 return Err(conflict(stream, expected, actual));
@@ -680,12 +678,12 @@ impl PgEventStore {
             return Ok(None);
         }
         let ids: Vec<Uuid> = records.iter().map(|r| r.command_id).collect();
-        let taken: Vec<Uuid> =
-            sqlx::query_scalar("SELECT command_id FROM strata.commands WHERE command_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(from_sqlx)?;
+        let taken: Vec<Uuid> = on_conn!(&self.inner.conns, |c| sqlx::query_scalar(
+            "SELECT command_id FROM strata.commands WHERE command_id = ANY($1)"
+        )
+        .bind(&ids)
+        .fetch_all(c))
+        .map_err(from_sqlx)?;
         Ok(ids.into_iter().find(|id| taken.contains(id)))
     }
 
@@ -750,12 +748,21 @@ pub(crate) fn conflict(stream: &StreamId, expected: ExpectedVersion, actual: u64
 }
 
 pub(crate) async fn version_of<'e>(exec: impl PgExecutor<'e>, stream: &StreamId) -> Result<u64> {
-    let v: i64 = sqlx::query_scalar(VERSION_SQL)
-        .bind(stream.as_str())
-        .fetch_one(exec)
-        .await
-        .map_err(from_sqlx)?;
+    let v = version_query(stream).fetch_one(exec).await.map_err(from_sqlx)?;
     to_u64("stream_version", v)
+}
+
+/// The query of `stream`'s version (0 for no stream).
+fn version_query(stream: &StreamId) -> QueryScalar<'_, Postgres, i64, PgArguments> {
+    sqlx::query_scalar(VERSION_SQL).bind(stream.as_str())
+}
+
+impl PgEventStore {
+    /// `stream`'s version, read on the store's connections.
+    async fn version(&self, stream: &StreamId) -> Result<u64> {
+        let v = on_conn!(&self.inner.conns, |c| version_query(stream).fetch_one(c)).map_err(from_sqlx)?;
+        to_u64("stream_version", v)
+    }
 }
 
 /// A batch encoded as the append's column arrays, each event validated
@@ -1123,7 +1130,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        version_of(&self.inner.pool, stream).await
+        self.version(stream).await
     }
 
     async fn read_all(&self, after_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
@@ -1131,12 +1138,11 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        let row: Option<EventRow> = sqlx::query_as(&format!(
+        let row: Option<EventRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM strata.events WHERE event_id = $1"
         ))
         .bind(event_id)
-        .fetch_optional(&self.inner.pool)
-        .await
+        .fetch_optional(c))
         .map_err(from_sqlx)?;
         row.map(RecordedEvent::try_from).transpose()
     }
@@ -1144,7 +1150,7 @@ impl EventStore for PgEventStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let schema_version = i32::try_from(snapshot.schema_version)
             .map_err(|_| crate::error::out_of_range("schema_version", snapshot.schema_version))?;
-        sqlx::query(
+        on_conn!(&self.inner.conns, |c| sqlx::query(
             "INSERT INTO strata.snapshots (stream_id, stream_version, schema_version, state, taken_at)
              VALUES ($1, $2, $3, $4, now())
              ON CONFLICT (stream_id) DO UPDATE
@@ -1158,20 +1164,18 @@ impl EventStore for PgEventStore {
         .bind(to_i64_saturating(snapshot.stream_version))
         .bind(schema_version)
         .bind(&snapshot.state)
-        .execute(&self.inner.pool)
-        .await
+        .execute(c))
         .map_err(from_sqlx)?;
         Ok(())
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        let row: Option<SnapshotRow> = sqlx::query_as(
+        let row: Option<SnapshotRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(
             "SELECT stream_id, stream_version, schema_version, state::text AS state
              FROM strata.snapshots WHERE stream_id = $1",
         )
         .bind(stream.as_str())
-        .fetch_optional(&self.inner.pool)
-        .await
+        .fetch_optional(c))
         .map_err(from_sqlx)?;
         row.map(Snapshot::try_from).transpose()
     }
@@ -1236,7 +1240,9 @@ impl EventStore for PgEventStore {
         let (decision, first_version, version, refusal) = decision_columns(&record.decision)?;
         // A concurrent first record of the same id is waited for: then
         // this one stores nothing and reads it.
-        let stored = sqlx::query(
+        let stored =
+            on_conn!(&self.inner.conns, |c| {
+                sqlx::query(
             "INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version, refusal)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (command_id) DO NOTHING",
@@ -1247,10 +1253,10 @@ impl EventStore for PgEventStore {
         .bind(first_version.map(to_i64_saturating))
         .bind(to_i64_saturating(version))
         .bind(refusal)
-        .execute(&self.inner.pool)
-        .await
-        .map_err(from_sqlx)?
-        .rows_affected();
+        .execute(c)
+            })
+            .map_err(from_sqlx)?
+            .rows_affected();
         if stored == 1 {
             return Ok(None);
         }
@@ -1263,25 +1269,23 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>> {
-        let row: Option<CommandRow> = sqlx::query_as(
+        let row: Option<CommandRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(
             "SELECT stream_id, decision, first_version, version, refusal::text AS refusal
              FROM strata.commands WHERE command_id = $1",
         )
         .bind(command_id)
-        .fetch_optional(&self.inner.pool)
-        .await
+        .fetch_optional(c))
         .map_err(from_sqlx)?;
         row.map(|row| row.into_record(command_id)).transpose()
     }
 
     async fn read_commands(&self, command_ids: &[Uuid]) -> Result<Vec<CommandRecord>> {
-        let rows: Vec<IdentifiedCommandRow> = sqlx::query_as(
+        let rows: Vec<IdentifiedCommandRow> = on_conn!(&self.inner.conns, |c| sqlx::query_as(
             "SELECT command_id, stream_id, decision, first_version, version, refusal::text AS refusal
              FROM strata.commands WHERE command_id = ANY($1)",
         )
         .bind(command_ids)
-        .fetch_all(&self.inner.pool)
-        .await
+        .fetch_all(c))
         .map_err(from_sqlx)?;
         rows.into_iter().map(IdentifiedCommandRow::into_record).collect()
     }

@@ -52,10 +52,11 @@
 //! # Ok(()) }
 //! ```
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::PgConnection;
 use strata_core::store::idempotent_outcome;
 use strata_core::{AppendResult, ExpectedVersion, NewEvent, Result, StreamId};
 
+use crate::conns::Tx;
 use crate::error::{from_sqlx, is_unique_violation};
 use crate::store::{Batch, InsertError, PgEventStore, conflict, expectation, insert, version_of};
 
@@ -64,7 +65,7 @@ use crate::store::{Batch, InsertError, PgEventStore, conflict, expectation, inse
 #[derive(Debug)]
 pub struct UnitOfWork {
     store: PgEventStore,
-    tx: Transaction<'static, Postgres>,
+    tx: Tx,
 }
 
 /// A unit of work whose events are appended, not yet committed: the
@@ -74,7 +75,7 @@ pub struct UnitOfWork {
 #[derive(Debug)]
 pub struct AppendedUnit {
     store: PgEventStore,
-    tx: Transaction<'static, Postgres>,
+    tx: Tx,
     stream: StreamId,
     result: AppendResult,
     table: i64,
@@ -95,9 +96,10 @@ pub enum UnitAppend {
 }
 
 impl PgEventStore {
-    /// Begin a unit of work on a connection of the pool.
+    /// Begin a unit of work on one of the store's connections (see the
+    /// crate docs, "Connections").
     pub async fn begin(&self) -> Result<UnitOfWork> {
-        let tx = self.pool().begin().await.map_err(from_sqlx)?;
+        let tx = Tx::begin(self.conns()).await.map_err(from_sqlx)?;
         Ok(UnitOfWork {
             store: self.clone(),
             tx,
@@ -127,7 +129,7 @@ impl UnitOfWork {
         self.store.ensure_log_base().await?;
         let (exact, must_exist) = expectation(expected)?;
         if events.is_empty() {
-            let actual = version_of(&mut *self.tx, stream).await?;
+            let actual = version_of(self.tx.conn(), stream).await?;
             if !expected.admits(actual) {
                 return Err(conflict(stream, expected, actual));
             }
@@ -137,7 +139,7 @@ impl UnitOfWork {
             };
             return Ok(UnitAppend::Appended(self.appended(stream, result, 0)));
         }
-        match insert(&mut *self.tx, stream, exact, must_exist, &batch).await {
+        match insert(self.tx.conn(), stream, exact, must_exist, &batch).await {
             Ok(Some((result, table))) => Ok(UnitAppend::Appended(self.appended(stream, result, table))),
             // Rejected: the expectation failed (the statement wrote nothing,
             // but the transaction's id may be assigned: this unit cannot
@@ -192,7 +194,7 @@ impl AppendedUnit {
     /// The unit's connection, for the caller's own reads and writes in the
     /// same transaction.
     pub fn connection(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        self.tx.conn()
     }
 
     /// Commit the events and the caller's writes together.

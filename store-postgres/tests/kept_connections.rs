@@ -113,3 +113,63 @@ async fn kept_connections_close_with_the_pool() -> Result<(), BoxError> {
     );
     Ok(())
 }
+
+/// A unit of work runs on a kept connection too. One whose `COMMIT` fails
+/// (a deferred unique constraint) or that is dropped uncommitted must not
+/// leave its connection looking as if still in a transaction to the next
+/// unit.
+#[tokio::test]
+async fn units_of_work_leave_their_connection_clean_however_they_end() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStoreOptions::new(&url)
+        .max_connections(4)
+        .connect()
+        .await?;
+    sqlx::query("CREATE TABLE inbox (id int, CONSTRAINT once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
+        .execute(store.pool())
+        .await?;
+    let stream = StreamId::new("kept-3")?;
+    let mut version = 0;
+    for round in 0..6 {
+        let unit = store
+            .begin()
+            .await?
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version),
+                vec![new_event("A", json!(round))],
+            )
+            .await?;
+        let strata_store_postgres::UnitAppend::Appended(mut unit) = unit else {
+            panic!("round {round}: the events were new");
+        };
+        // The same id twice: refused only at COMMIT.
+        let id = if round % 3 == 0 { 1000 + round } else { round };
+        for _ in 0..(1 + usize::from(round % 3 == 0)) {
+            sqlx::query("INSERT INTO inbox VALUES ($1)")
+                .bind(id)
+                .execute(unit.connection())
+                .await?;
+        }
+        match round % 3 {
+            0 => assert!(
+                unit.commit().await.is_err(),
+                "round {round}: the commit must fail"
+            ),
+            1 => drop(unit),
+            _ => {
+                unit.commit().await?;
+                version += 1;
+            }
+        }
+    }
+    assert_eq!(
+        versions(&store, &stream).await?,
+        (1..=version).collect::<Vec<_>>()
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(rows, 2, "the committed units' rows only");
+    Ok(())
+}
