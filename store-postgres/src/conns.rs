@@ -3,23 +3,24 @@
 //!
 //! A statement on a sqlx pool costs two extra round trips beside its own:
 //! the pool pings an idle connection before handing it out, and pings it
-//! again, on a task of its own, when it comes back. So appends run on
-//! connections the store keeps between statements instead: taken from the
-//! pool once, then detached from it (the pool may open others in their
-//! place), and kept for as long as they work. Being outside the pool, they
-//! are not closed for age or idleness as pooled ones are.
+//! again, on a task of its own, when it comes back. So the store's
+//! statements run on pool connections it keeps checked out between
+//! statements instead, for as long as they work. While kept, they are not
+//! closed for age or idleness as idle pooled ones are.
 //!
 //! A kept connection is not checked before use. If its statement fails
 //! because the connection is gone (the server restarted, an administrator
-//! ended the backend, its Tokio runtime ended), the connection is dropped
+//! ended the backend, its Tokio runtime ended), the connection is closed
 //! and the statement runs once more on a connection from the pool, which
-//! the pool does check. Running an append statement twice is safe:
-//! appends are idempotent by event id, and the store answers a repeated one
-//! from what the first stored.
+//! the pool does check. Running a statement twice is safe: the store's
+//! statements are reads, or appends, which are idempotent by event id (the
+//! store answers a repeated one from what the first stored), or record a
+//! command with `ON CONFLICT DO NOTHING`. A transaction's statements are
+//! not retried, only its `BEGIN`.
 //!
 //! A statement whose future is dropped before it ends leaves its
-//! connection in an unknown state: a kept one is closed, a pooled one goes
-//! back to the pool, which checks it; neither is kept.
+//! connection in an unknown state: it goes back to the pool, which checks
+//! it, and is not kept.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,6 +28,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgRow, PgTransactionManager};
 use sqlx::query::QueryAs;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, TransactionManager};
+use tokio::task::JoinHandle;
 
 use crate::error::is_connection_error;
 
@@ -35,15 +37,46 @@ use crate::error::is_connection_error;
 #[derive(Debug)]
 pub(crate) struct Conns {
     pool: PgPool,
-    kept: Mutex<Vec<PgConnection>>,
+    kept: Arc<Kept>,
     /// At most this many idle connections are kept.
     keep: usize,
+    /// The task that gives the kept connections back when the pool is
+    /// closed, so that `PgPool::close` does not wait for them for ever.
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+type Kept = Mutex<Vec<PoolConnection<Postgres>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Conns {
+    fn drop(&mut self) {
+        if let Some(watcher) = lock(&self.watcher).take() {
+            watcher.abort();
+        }
+        // A pooled connection goes back to its pool on a task; outside a
+        // Tokio runtime (a store dropped after its runtime) sqlx cannot
+        // spawn one and panics: then the connections leave the pool.
+        let kept = std::mem::take(&mut *lock(&self.kept));
+        if tokio::runtime::Handle::try_current().is_err() {
+            for conn in kept {
+                if self.pool.options().get_min_connections() == 0 {
+                    drop(conn.detach());
+                } else {
+                    // Detaching would spawn a task to replace it.
+                    std::mem::forget(conn);
+                }
+            }
+        }
+    }
 }
 
 /// A connection in use: kept by the store, or checked out of the pool.
 #[derive(Debug)]
 pub(crate) enum Conn {
-    Kept(PgConnection),
+    Kept(PoolConnection<Postgres>),
     Pooled(PoolConnection<Postgres>),
 }
 
@@ -55,11 +88,10 @@ impl Conn {
         }
     }
 
-    /// Drop the connection without returning it to the pool.
+    /// Close the connection rather than return it to the pool.
     pub(crate) fn close(self) {
-        if let Conn::Pooled(mut conn) = self {
-            conn.close_on_drop();
-        }
+        let (Conn::Kept(mut conn) | Conn::Pooled(mut conn)) = self;
+        conn.close_on_drop();
     }
 }
 
@@ -106,18 +138,40 @@ macro_rules! on_conn {
 pub(crate) use on_conn;
 
 impl Conns {
-    /// Keep at most a quarter of the pool's connections (at least one).
+    /// Keep at most a quarter of the pool's connections (at least one)
+    /// checked out.
     pub(crate) fn new(pool: PgPool) -> Self {
         let keep = (pool.options().get_max_connections() as usize / 4).max(1);
         Conns {
             pool,
-            kept: Mutex::new(Vec::new()),
+            kept: Arc::default(),
             keep,
+            watcher: Mutex::new(None),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<PgConnection>> {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
+        lock(&self.kept)
+    }
+
+    /// Start the task that empties the keep once the pool is closed, if it
+    /// is not running (it ends with the runtime it runs on).
+    fn watch_for_close(&self) {
+        let mut watcher = lock(&self.watcher);
+        if watcher.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (closed, kept) = (self.pool.close_event(), Arc::downgrade(&self.kept));
+        *watcher = Some(runtime.spawn(async move {
+            closed.await;
+            if let Some(kept) = kept.upgrade() {
+                let given_back = std::mem::take(&mut *lock(&kept));
+                drop(given_back);
+            }
+        }));
     }
 
     /// Run the query `query` makes, at most one row back, on a kept
@@ -168,20 +222,25 @@ impl Conns {
         }
     }
 
-    /// Keep `conn` for the next statement, if there is room; else a pooled
-    /// one goes back to the pool and a kept one is closed (dropped once the
-    /// lock is released).
+    /// Keep `conn` for the next statement, if there is room; else it goes
+    /// back to the pool (once the lock is released).
     pub(crate) fn put_back(&self, conn: Conn) {
+        let (Conn::Kept(conn) | Conn::Pooled(conn)) = conn;
+        self.watch_for_close();
         let mut kept = self.lock();
         if kept.len() >= self.keep || self.pool.is_closed() {
             drop(kept);
             drop(conn);
             return;
         }
-        kept.push(match conn {
-            Conn::Kept(conn) => conn,
-            Conn::Pooled(conn) => conn.detach(),
-        });
+        kept.push(conn);
+        // Closed since the check above: the watcher may have emptied the
+        // keep already.
+        if self.pool.is_closed() {
+            let given_back = std::mem::take(&mut *kept);
+            drop(kept);
+            drop(given_back);
+        }
     }
 }
 
@@ -189,9 +248,8 @@ impl Conns {
 /// Committed or rolled back, its connection is kept; if that fails, or if
 /// the transaction is dropped before, it rolls back as sqlx's own
 /// transactions do (a `ROLLBACK` queued for the connection's next use) and
-/// its connection is not kept: a pooled one goes back to the pool (which
-/// sends the `ROLLBACK` as it checks it), a kept one is closed (which ends
-/// the transaction on the server).
+/// its connection goes back to the pool, which sends the `ROLLBACK` as it
+/// checks it.
 #[derive(Debug)]
 pub(crate) struct Tx {
     conns: Arc<Conns>,

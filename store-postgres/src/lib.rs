@@ -93,23 +93,23 @@
 //! ## Connections
 //!
 //! The store's statements (appends, reads, snapshots, command records,
-//! units of work) run on connections it keeps between statements, not on
-//! connections checked out of the sqlx pool each time: the pool checks a
-//! connection with a round trip to the server when it hands it out and
-//! again when it comes back, which made a lone writer's append take almost
-//! twice as long as the same `INSERT` on a held connection. The store keeps
-//! up to a quarter of
+//! units of work) run on pool connections it keeps checked out between
+//! statements, not on connections checked out of the sqlx pool each time:
+//! the pool checks a connection with a round trip to the server when it
+//! hands it out and again when it comes back, which made a lone writer's
+//! append take almost twice as long as the same `INSERT` on a held
+//! connection. The store keeps up to a quarter of
 //! [`max_connections`](PgEventStoreOptions::max_connections) (at least
-//! one) idle between statements; more at once use the pool. It takes them
-//! from the pool and detaches them, so the pool may open others in their
-//! place: the server sees up to that many connections beyond
-//! `max_connections`. A kept connection is not checked before use; if the
-//! server ended it (a restart, `pg_terminate_backend`), the statement runs
-//! once more on a connection from the pool, which is safe because every
-//! statement the store retries is a read, or an append that its event ids
-//! make idempotent. Closing the pool closes the kept connections too, at
-//! the store's next statement, which fails as on a closed pool.
-//! Subscriptions' `LISTEN` and migrations use the pool.
+//! one); statements beyond those check connections out of the pool as
+//! before. A kept connection is not checked before use; if the server ended
+//! it (a restart, `pg_terminate_backend`), the statement runs once more on
+//! a connection from the pool, which is safe because every statement the
+//! store retries is a read, an append that its event ids make idempotent,
+//! or a command record written with `ON CONFLICT DO NOTHING`. Closing the
+//! pool (`store.pool().close()`) gives the kept connections back (a task of
+//! the store waits for it), and the store's statements then fail as on a
+//! closed pool. Subscriptions' `LISTEN` and migrations use the pool
+//! directly.
 //!
 //! ## Group commit
 //!

@@ -66,9 +66,8 @@ impl PgEventStoreOptions {
 
     /// Size of the connection pool. Once a subscription has started, one of
     /// these connections is held for `LISTEN` for as long as the store lives.
-    /// The store also keeps up to a quarter of this many connections (at
-    /// least one) of its own, beside the pool (see the crate docs,
-    /// "Connections").
+    /// The store keeps up to a quarter of them (at least one) checked out
+    /// for its own statements (see the crate docs, "Connections").
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self

@@ -1240,9 +1240,8 @@ impl EventStore for PgEventStore {
         let (decision, first_version, version, refusal) = decision_columns(&record.decision)?;
         // A concurrent first record of the same id is waited for: then
         // this one stores nothing and reads it.
-        let stored =
-            on_conn!(&self.inner.conns, |c| {
-                sqlx::query(
+        let stored = on_conn!(&self.inner.conns, |c| {
+            sqlx::query(
             "INSERT INTO strata.commands (command_id, stream_id, decision, first_version, version, refusal)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (command_id) DO NOTHING",
@@ -1254,9 +1253,9 @@ impl EventStore for PgEventStore {
         .bind(to_i64_saturating(version))
         .bind(refusal)
         .execute(c)
-            })
-            .map_err(from_sqlx)?
-            .rows_affected();
+        })
+        .map_err(from_sqlx)?
+        .rows_affected();
         if stored == 1 {
             return Ok(None);
         }
