@@ -112,6 +112,7 @@ macro_rules! on_conn {
             match result {
                 Err(e) if $crate::error::is_connection_error(&e) => {
                     tracing::debug!(error = %e, "a kept connection is gone, trying a fresh one");
+                    conn.close();
                 }
                 result => {
                     conns.put_back(conn);
@@ -269,6 +270,7 @@ impl Tx {
                 Ok(()) => return Ok(on(conn)),
                 Err(e) if is_connection_error(&e) => {
                     tracing::debug!(error = %e, "a kept connection is gone, trying a fresh one");
+                    conn.close();
                 }
                 Err(e) => {
                     conns.put_back(conn);

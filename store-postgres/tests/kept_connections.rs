@@ -175,3 +175,32 @@ async fn units_of_work_leave_their_connection_clean_however_they_end() -> Result
     assert_eq!(rows, 2, "the committed units' rows only");
     Ok(())
 }
+
+/// Reads and a unit of work's `BEGIN` are retried on a fresh connection
+/// too.
+#[tokio::test]
+async fn reads_and_units_go_on_after_their_connections_are_terminated() -> Result<(), BoxError> {
+    let (url, _db) = fresh_database_url().await?;
+    let store = PgEventStoreOptions::new(&url)
+        .max_connections(4)
+        .connect()
+        .await?;
+    let stream = StreamId::new("kept-4")?;
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("A", json!(1))])
+        .await?;
+    assert!(terminate_all(&url).await? >= 1);
+    assert_eq!(versions(&store, &stream).await?, vec![1]);
+    assert!(terminate_all(&url).await? >= 1);
+    let unit = store
+        .begin()
+        .await?
+        .append(&stream, ExpectedVersion::Exact(1), vec![new_event("A", json!(2))])
+        .await?;
+    let strata_store_postgres::UnitAppend::Appended(unit) = unit else {
+        panic!("the event was new");
+    };
+    unit.commit().await?;
+    assert_eq!(versions(&store, &stream).await?, vec![1, 2]);
+    Ok(())
+}
