@@ -200,7 +200,7 @@ struct Inner {
     poll_interval: Duration,
     notifier: Notifier,
     grouper: Arc<Grouper>,
-    /// The connections appends run on.
+    /// The connections the store's statements run on.
     conns: Arc<Conns>,
     known: Arc<KnownVersions>,
     /// Whether new positions are known to lie above every stored one.
@@ -249,7 +249,7 @@ impl PgEventStore {
         }
     }
 
-    /// The connections appends and units of work run on.
+    /// The connections the store's statements run on.
     pub(crate) fn conns(&self) -> &Arc<Conns> {
         &self.inner.conns
     }
