@@ -12,9 +12,7 @@ use uuid::Uuid;
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Preview};
 use crate::event::{Envelope, Event, MAX_JSON_DEPTH, Metadata, NewEvent, StreamId, json_depth};
-use crate::store::{
-    CommandDecision, CommandRecord, EventStore, ExpectedVersion, FoldEvent, FoldPayload, Snapshot,
-};
+use crate::store::{CommandDecision, CommandRecord, EventStore, ExpectedVersion, FoldEvent, Snapshot};
 use crate::upcast::Upcasters;
 
 mod batch;
@@ -596,13 +594,8 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
                     if recorded.recorded_at > t {
                         return Ok((state, version));
                     }
-                    let event = FoldEvent {
-                        stream_version: recorded.stream_version,
-                        event_type: recorded.event_type,
-                        schema_version: recorded.schema_version,
-                        payload: FoldPayload::Value(recorded.payload),
-                    };
-                    self.apply_stored(stream, &mut state, &mut version, event).await?;
+                    self.apply_stored(stream, &mut state, &mut version, recorded.into())
+                        .await?;
                 }
                 full
             } else {

@@ -84,6 +84,18 @@ pub enum FoldPayload {
     Json(String),
 }
 
+impl From<RecordedEvent> for FoldEvent {
+    /// What folding needs of a recorded event, its payload kept parsed.
+    fn from(e: RecordedEvent) -> Self {
+        FoldEvent {
+            stream_version: e.stream_version,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            payload: FoldPayload::Value(e.payload),
+        }
+    }
+}
+
 impl FoldEvent {
     /// Upcast to the current schema and decode.
     pub fn decode<E: Event>(self, upcasters: &Upcasters) -> Result<E> {
@@ -439,15 +451,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<FoldEvent>>> + Send {
         async move {
             let page = self.read_stream(stream, from_version, max_count).await?;
-            Ok(page
-                .into_iter()
-                .map(|e| FoldEvent {
-                    stream_version: e.stream_version,
-                    event_type: e.event_type,
-                    schema_version: e.schema_version,
-                    payload: FoldPayload::Value(e.payload),
-                })
-                .collect())
+            Ok(page.into_iter().map(FoldEvent::from).collect())
         }
     }
 

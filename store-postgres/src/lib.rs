@@ -102,7 +102,7 @@
 //! [`max_connections`](PgEventStoreOptions::max_connections) (at least
 //! one); statements beyond those check connections out of the pool as
 //! before. A kept connection is not checked before use; if the server ended
-//! it (a restart, `pg_terminate_backend`), the statement runs once more on
+//! it (as `pg_terminate_backend` does), the statement runs once more on
 //! a connection from the pool, which is safe because every statement the
 //! store retries is a read, an append that its event ids make idempotent,
 //! or a command record written with `ON CONFLICT DO NOTHING`. Closing the

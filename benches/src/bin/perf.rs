@@ -419,37 +419,38 @@ async fn raw_fold(conn: &mut PgConnection, stream: &str) -> Res<(Counter, i64)> 
     }
 }
 
-/// A connection of `pool` for each of `writers` raw writers, to hold for
-/// a measurement.
-async fn hold(pool: &PgPool, writers: usize) -> Res<Vec<Held>> {
-    let mut held = Vec::with_capacity(writers);
+/// A raw writer's connection (only its writer locks it).
+type Held = Arc<tokio::sync::Mutex<sqlx::pool::PoolConnection<sqlx::Postgres>>>;
+
+/// [`run_writers`] for the raw side: `op(conn, w, i)`, writer `w` on a
+/// connection of `pool` it holds for the whole measurement (taken before
+/// the clock starts).
+async fn raw_writers<F, Fut>(pool: PgPool, writers: usize, per_writer: usize, op: F) -> Res<Sample>
+where
+    F: Fn(Held, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Res<()>> + Send,
+{
+    let mut held: Vec<Held> = Vec::with_capacity(writers);
     for _ in 0..writers {
         held.push(Arc::new(tokio::sync::Mutex::new(pool.acquire().await?)));
     }
-    Ok(held)
+    run_writers(writers, per_writer, move |w, i| op(Arc::clone(&held[w]), w, i)).await
 }
-
-/// A raw writer's connection (only its writer locks it).
-type Held = Arc<tokio::sync::Mutex<sqlx::pool::PoolConnection<sqlx::Postgres>>>;
 
 /// Single-event appends by `writers` writers, each on a connection of
 /// `pool` it holds and a fresh raw stream of its own (versions 1, 2, ...),
 /// one INSERT per transaction.
 async fn raw_appends(pool: PgPool, writers: usize, per_writer: usize) -> Res<Sample> {
     let tag = Uuid::now_v7();
-    let held = hold(&pool, writers).await?;
-    run_writers(writers, per_writer, move |w, i| {
-        let conn = Arc::clone(&held[w]);
-        async move {
-            let mut conn = conn.lock().await;
-            raw_insert(
-                &mut **conn,
-                &format!("raw-{tag}-{w}"),
-                i as i64 + 1,
-                &new_event(1),
-            )
-            .await
-        }
+    raw_writers(pool, writers, per_writer, move |conn, w, i| async move {
+        let mut conn = conn.lock().await;
+        raw_insert(
+            &mut **conn,
+            &format!("raw-{tag}-{w}"),
+            i as i64 + 1,
+            &new_event(1),
+        )
+        .await
     })
     .await
 }
@@ -635,20 +636,17 @@ impl Bench {
         };
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
-            let pool = self.pool.clone();
-            let raw = async move {
-                let held = hold(&pool, writers).await?;
-                run_writers(writers, batches, move |w, i| {
-                    let conn = Arc::clone(&held[w]);
-                    async move {
-                        let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
-                        let mut conn = conn.lock().await;
-                        let stream = format!("raw-{tag}-{w}");
-                        raw_insert_batch(&mut **conn, &stream, (i * size) as i64, &events).await
-                    }
-                })
-                .await
-            };
+            let raw = raw_writers(
+                self.pool.clone(),
+                writers,
+                batches,
+                move |conn, w, i| async move {
+                    let events: Vec<_> = (0..size).map(|n| new_event(n as u64)).collect();
+                    let mut conn = conn.lock().await;
+                    let stream = format!("raw-{tag}-{w}");
+                    raw_insert_batch(&mut **conn, &stream, (i * size) as i64, &events).await
+                },
+            );
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
             let fw = run_writers(writers, batches, move |w, i| {
@@ -674,21 +672,18 @@ impl Bench {
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
-            let pool = self.pool.clone();
-            let raw = async move {
-                let held = hold(&pool, writers).await?;
-                run_writers(writers, per_writer, move |w, i| {
-                    let conn = Arc::clone(&held[w]);
-                    async move {
-                        let stream = format!("raw-{tag}-{w}-{}", i % 64);
-                        let mut conn = conn.lock().await;
-                        let (total, version) = raw_load(&mut conn, &stream, 1, 0).await?;
-                        let event = new_event(total % 7 + 1);
-                        raw_insert(&mut **conn, &stream, version + 1, &event).await
-                    }
-                })
-                .await
-            };
+            let raw = raw_writers(
+                self.pool.clone(),
+                writers,
+                per_writer,
+                move |conn, w, i| async move {
+                    let stream = format!("raw-{tag}-{w}-{}", i % 64);
+                    let mut conn = conn.lock().await;
+                    let (total, version) = raw_load(&mut conn, &stream, 1, 0).await?;
+                    let event = new_event(total % 7 + 1);
+                    raw_insert(&mut **conn, &stream, version + 1, &event).await
+                },
+            );
             let handler = command_handler(self.store.clone());
             let fw = run_writers(writers, per_writer, move |w, i| {
                 let handler = handler.clone();
@@ -841,36 +836,31 @@ impl Bench {
         }
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
-            let pool = self.pool.clone();
             let raw_stream = raw_stream.clone();
-            let raw = async move {
-                let held = hold(&pool, 1).await?;
-                run_writers(1, loads, move |_, _| {
-                    let (conn, stream) = (Arc::clone(&held[0]), raw_stream.clone());
-                    async move {
-                        let mut conn = conn.lock().await;
-                        if !snapshot {
-                            raw_fold(&mut conn, &stream).await?;
-                            return Ok(());
-                        }
-                        let (version, state): (i64, Value) = sqlx::query_as(
-                            "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
-                        )
-                        .bind(&stream)
-                        .fetch_one(&mut **conn)
-                        .await?;
-                        raw_load(
-                            &mut conn,
-                            &stream,
-                            version + 1,
-                            serde_json::from_value::<Counter>(state)?.total,
-                        )
-                        .await?;
-                        Ok(())
+            let raw = raw_writers(self.pool.clone(), 1, loads, move |conn, _, _| {
+                let stream = raw_stream.clone();
+                async move {
+                    let mut conn = conn.lock().await;
+                    if !snapshot {
+                        raw_fold(&mut conn, &stream).await?;
+                        return Ok(());
                     }
-                })
-                .await
-            };
+                    let (version, state): (i64, Value) = sqlx::query_as(
+                        "SELECT stream_version, state FROM raw.snapshots WHERE stream_id = $1",
+                    )
+                    .bind(&stream)
+                    .fetch_one(&mut **conn)
+                    .await?;
+                    raw_load(
+                        &mut conn,
+                        &stream,
+                        version + 1,
+                        serde_json::from_value::<Counter>(state)?.total,
+                    )
+                    .await?;
+                    Ok(())
+                }
+            });
             let handler = handler.clone();
             let id = id.clone();
             let fw = run_writers(1, loads, move |_, _| {
