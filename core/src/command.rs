@@ -469,7 +469,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         };
         let (run, index) = self.lines.enqueue(&self.inner, &stream, job);
         let mut finish = batch::Finish::<A>(Some(run.clone()));
-        let replies = run.instrument(span).await;
+        let replies = batch::Quiet::new(run).instrument(span).await;
         finish.0 = None;
         batch::take::<A>(&replies, index)
     }
