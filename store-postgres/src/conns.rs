@@ -151,6 +151,11 @@ impl Conns {
         }
     }
 
+    /// The pool the connections come from.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<PoolConnection<Postgres>>> {
         lock(&self.kept)
     }

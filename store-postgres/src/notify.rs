@@ -10,6 +10,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::conns::{Conns, on_conn};
+
 /// The channel appending stores notify after their appends commit.
 pub const CHANNEL: &str = "strata_events";
 
@@ -62,21 +64,23 @@ impl Notifier {
     /// committers (it halved 16-writer append throughput when a trigger
     /// sent it). Sent afterwards and coalesced, it costs an append no more
     /// than waking a task; it is only a wake-up, subscribers poll as well.
-    pub(crate) fn appended(&self, pool: &PgPool) {
+    /// It goes out on one of the store's kept connections, which, unlike a
+    /// connection checked out of the pool, costs no extra round trips.
+    pub(crate) fn appended(&self, conns: &Arc<Conns>) {
         bump(&self.tx);
         if !self.publishing.load(Ordering::Acquire) {
-            self.start_publisher(pool);
+            self.start_publisher(conns);
         }
         self.appended.notify_one();
     }
 
-    fn start_publisher(&self, pool: &PgPool) {
+    fn start_publisher(&self, conns: &Arc<Conns>) {
         let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         if self.publishing.swap(true, Ordering::AcqRel) {
             return;
         }
         let alive = Alive(self.publishing.clone());
-        tokio::spawn(publish(pool.clone(), self.appended.clone(), alive));
+        tokio::spawn(publish(Arc::clone(conns), self.appended.clone(), alive));
     }
 
     /// A receiver of the wake-up counts, starting the listening task if it
@@ -152,16 +156,15 @@ impl Drop for Alive {
     }
 }
 
-async fn publish(pool: PgPool, appended: Arc<Notify>, _alive: Alive) {
+async fn publish(conns: Arc<Conns>, appended: Arc<Notify>, _alive: Alive) {
     loop {
         appended.notified().await;
         // A pooled connection left by an ended runtime fails once and is
         // dropped: try the next one.
-        for _ in 0..=pool.size() {
-            match sqlx::query("SELECT pg_notify($1, '')")
+        for _ in 0..=conns.pool().size() {
+            match on_conn!(&conns, |c| sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)
-                .execute(&pool)
-                .await
+                .execute(c))
             {
                 Err(e) if crate::error::sqlx_from_ended_runtime(&e) => continue,
                 // Subscribers poll too: a lost notification only delays them.
