@@ -56,19 +56,21 @@ macro_rules! on_live_connection {
 
 /// `sql` with every transaction id that positions or the horizon are made
 /// from raised by the log base (`strata.log_base`, see migration 0005): a
-/// log restored into another cluster keeps growing from where it was.
+/// log restored into another cluster keeps growing from where it was. The
+/// base comes from `strata.xid_offset()` (migration 0007), a constant the
+/// planner folds in, not from a scan of the table per statement.
 pub(crate) fn with_log_base(sql: &str) -> String {
     sql.replace(
         "pg_current_xact_id()::text::bigint",
-        "(pg_current_xact_id()::text::bigint + (SELECT xid_offset FROM strata.log_base))",
+        "(pg_current_xact_id()::text::bigint + strata.xid_offset())",
     )
     .replace(
         "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-        "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint + (SELECT xid_offset FROM strata.log_base))",
+        "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint + strata.xid_offset())",
     )
     .replace(
         "pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
-        "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint + (SELECT xid_offset FROM strata.log_base))",
+        "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint + strata.xid_offset())",
     )
 }
 
@@ -656,7 +658,7 @@ impl PgEventStore {
                 // Stored already, perhaps by an earlier try of this very
                 // append whose answer was lost (a dropped connection): it
                 // may not have been announced yet. A spare wake-up is cheap.
-                self.inner.notifier.appended(&self.inner.pool);
+                self.inner.notifier.appended(&self.inner.conns);
                 return Ok(outcome);
             }
             if let Some(command_id) = self.first_recorded(decisions).await? {
@@ -690,7 +692,7 @@ impl PgEventStore {
     /// After an append committed: remember its version, announce it, count it.
     pub(crate) fn committed(&self, stream: &StreamId, result: &AppendResult, table: i64) {
         self.inner.known.record(table, stream, result.stream_version);
-        self.inner.notifier.appended(&self.inner.pool);
+        self.inner.notifier.appended(&self.inner.conns);
         metrics::counter!("strata_store_appended_events_total").increment(result.positions.len() as u64);
     }
 

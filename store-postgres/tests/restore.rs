@@ -11,8 +11,8 @@ use serde_json::json;
 use strata_core::error::BoxError;
 use strata_core::testing::contract::read_all_settled;
 use strata_core::{Error, EventStore, ExpectedVersion, StreamId};
-use strata_store_postgres::PgEventStore;
-use strata_store_postgres::testing::{database_url, fresh_database_url, new_event};
+use strata_store_postgres::testing::{database_url, fresh_database_url, insert_row, new_event};
+use strata_store_postgres::{PgEventStore, PgEventStoreOptions};
 
 /// A PostgreSQL client program: from `PG_BINDIR` (set by
 /// scripts/pg-ephemeral.sh), else from `PATH`.
@@ -115,5 +115,64 @@ async fn positions_keep_growing_after_a_restore_into_another_cluster() -> Result
         all.windows(2)
             .all(|w| w[0].global_position < w[1].global_position)
     );
+    Ok(())
+}
+
+/// The log base is folded into the statements a store prepares (migration
+/// 0007): once raised, statements prepared before must use the new base,
+/// on the store's own connections, for appends and for readers' horizon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_log_base_reaches_statements_prepared_before() -> Result<(), BoxError> {
+    let (url, _) = fresh_database_url().await?;
+    let store = PgEventStoreOptions::new(url.clone())
+        .max_connections(4)
+        .connect()
+        .await?;
+    let stream = StreamId::new("order-1")?;
+    // More than five runs of each statement: PostgreSQL then keeps a
+    // generic plan of it.
+    for n in 0..8 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(n),
+                vec![new_event("Placed", json!(n))],
+            )
+            .await?;
+        read_all_settled(&store, n as usize + 1).await?;
+    }
+    // A row far above what this cluster's transaction ids give, as a
+    // restore from a cluster with a busier past leaves; then the base is
+    // raised above it, from a connection of its own.
+    let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(store.pool())
+        .await?;
+    let high = ((xid + 1_000_000) << 20) | 1;
+    insert_row(&store, high, "restored-1", 1, r#"{"n": 1}"#, "{}").await?;
+    let admin = sqlx::PgPool::connect(&url).await?;
+    let base: i64 = sqlx::query_scalar("SELECT strata.raise_log_base()")
+        .fetch_one(&admin)
+        .await?;
+    assert!(base > 0, "the base was not raised");
+
+    let appended = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(8),
+            vec![new_event("Placed", json!(8))],
+        )
+        .await?;
+    assert!(
+        appended.positions[0] as i64 > high,
+        "position {} is not above the restored {high}: a statement kept the old base",
+        appended.positions[0]
+    );
+    let all = read_all_settled(&store, 10).await?;
+    assert_eq!(
+        all.len(),
+        10,
+        "the first appends, the restored row, the last append"
+    );
+    assert_eq!(all[9].global_position, appended.positions[0]);
     Ok(())
 }
