@@ -169,15 +169,15 @@
 //! id that positions and the horizon are made from is raised by a stored
 //! offset, `strata.log_base` (migration 0005), and
 //! [`PgEventStore::migrate`] raises it above every stored position, under
-//! a lock that keeps appends out meanwhile. Statements read the offset from
-//! `strata.xid_offset()` (migration 0007), a SQL function whose body is the
-//! offset as a constant: the planner folds it in (a scan of the table in
-//! every statement cost a single-event append about a tenth of its rate),
-//! and raising the offset redefines the function, which makes PostgreSQL
-//! plan every cached statement that used it again. Until then the store refuses to
+//! a lock that keeps appends out meanwhile. Until then the store refuses to
 //! append ([`error::LogBaseBehind`], as
 //! [`Error::Configuration`](strata_core::Error::Configuration)), and
-//! readers see nothing past the restored horizon: nobody skips.
+//! readers see nothing past the restored horizon: nobody skips. Statements
+//! read the offset from `strata.xid_offset()` (migration 0007), a SQL
+//! function whose body is the offset as a constant: the planner folds it in
+//! (a scan of the table in every statement cost a single-event append about
+//! a tenth of its rate), and raising the offset redefines the function,
+//! which makes PostgreSQL plan every cached statement that used it again.
 //!
 //! **Why a stream's events are in version order in the global log.** An
 //! append runs in a transaction of its own (or of its group, which holds
