@@ -27,9 +27,11 @@ pub struct CacheOptions {
     ///
     /// An entry weighs the length of its state's JSON encoding (what a
     /// snapshot of it would store) plus the length of its stream id,
-    /// measured each time the entry is stored. That is not the state's
-    /// size in memory, which may be larger or smaller, but it grows with
-    /// it. A state heavier than the whole bound is not cached.
+    /// measured when the stream is first cached and again every
+    /// 16th time its entry is stored; in between, the entry keeps the
+    /// weight last measured. That is not the state's size in memory,
+    /// which may be larger or smaller, but it grows with it. A state
+    /// heavier than the whole bound, when weighed, is not cached.
     pub max_bytes: usize,
 }
 
@@ -70,9 +72,16 @@ struct Entry<A> {
     state: Arc<A>,
     version: u64,
     bytes: usize,
+    /// Times the entry was stored since it was last weighed.
+    unweighed: u32,
     /// Its place in the use order: higher is more recent.
     tick: u64,
 }
+
+/// An entry is weighed again when it is stored this many times after it
+/// was last weighed: serializing a state on every command cost a measurable
+/// share of a command's time.
+const WEIGH_EVERY: u32 = 16;
 
 struct Lru<A> {
     entries: HashMap<StreamId, Entry<A>>,
@@ -83,15 +92,15 @@ struct Lru<A> {
 }
 
 impl<A> Lru<A> {
-    fn touch(&mut self, stream: &StreamId) {
-        let tick = self.next_tick;
-        if let Some(entry) = self.entries.get_mut(stream)
-            && let Some(key) = self.order.remove(&entry.tick)
-        {
-            entry.tick = tick;
-            self.order.insert(tick, key);
+    /// The entry of `stream`, marked as just used.
+    fn touch(&mut self, stream: &StreamId) -> Option<&mut Entry<A>> {
+        let entry = self.entries.get_mut(stream)?;
+        if let Some(key) = self.order.remove(&entry.tick) {
+            entry.tick = self.next_tick;
+            self.order.insert(self.next_tick, key);
             self.next_tick += 1;
         }
+        Some(entry)
     }
 
     fn remove(&mut self, stream: &StreamId) -> bool {
@@ -167,14 +176,10 @@ impl<A> AggregateCache<A> {
     /// The cached state and version of `stream`, counted as a hit or a
     /// miss, and marked as just used.
     pub(crate) fn get(&self, stream: &StreamId) -> Option<(Arc<A>, u64)> {
-        let found = {
-            let mut lru = self.lock();
-            let found = lru.entries.get(stream).map(|e| (Arc::clone(&e.state), e.version));
-            if found.is_some() {
-                lru.touch(stream);
-            }
-            found
-        };
+        let found = self
+            .lock()
+            .touch(stream)
+            .map(|e| (Arc::clone(&e.state), e.version));
         let (counter, name) = if found.is_some() {
             (&self.counters.hits, "strata_command_cache_hits_total")
         } else {
@@ -201,71 +206,86 @@ impl<A> AggregateCache<A> {
     where
         A: Serialize,
     {
-        // Weighed before taking the lock: serializing may take a while.
-        let Some(bytes) = weigh(&*state).map(|b| b.saturating_add(stream.as_str().len())) else {
-            self.remove(stream);
-            return;
+        let mut guard = self.lock();
+        let kept = match guard.entries.get(stream) {
+            Some(entry) if entry.version > version => {
+                guard.touch(stream);
+                return;
+            }
+            Some(entry) if entry.unweighed + 1 < WEIGH_EVERY => Some((entry.bytes, entry.unweighed + 1)),
+            _ => None,
         };
-        let mut evicted = 0;
-        let (entries, cached_bytes) = {
-            let mut lru = self.lock();
-            if lru.entries.get(stream).is_some_and(|e| e.version > version) {
-                lru.touch(stream);
-                return;
-            }
-            if bytes > self.options.max_bytes || self.options.max_entries == 0 {
-                lru.remove(stream);
-                return;
-            }
-            let tick = lru.next_tick;
-            lru.next_tick += 1;
-            let lru = &mut *lru;
-            match lru.entries.get_mut(stream) {
-                // A stream cached already keeps its key: it moves to the
-                // end of the use order.
-                Some(entry) => {
-                    let key = lru.order.remove(&entry.tick).unwrap_or_else(|| stream.clone());
-                    lru.order.insert(tick, key);
-                    lru.bytes = lru.bytes - entry.bytes + bytes;
-                    *entry = Entry {
-                        state,
-                        version,
-                        bytes,
-                        tick,
-                    };
-                }
-                None => {
-                    lru.order.insert(tick, stream.clone());
-                    lru.entries.insert(
-                        stream.clone(),
-                        Entry {
-                            state,
-                            version,
-                            bytes,
-                            tick,
-                        },
-                    );
-                    lru.bytes += bytes;
-                }
-            }
-            while lru.entries.len() > self.options.max_entries || lru.bytes > self.options.max_bytes {
-                let Some((_, oldest)) = lru.order.pop_first() else {
-                    break;
+        let (bytes, unweighed) = match kept {
+            Some(kept) => kept,
+            None => {
+                // Weighed without the lock: serializing may take a while.
+                drop(guard);
+                let Some(bytes) = weigh(&*state).map(|b| b.saturating_add(stream.as_str().len())) else {
+                    self.remove(stream);
+                    return;
                 };
-                if let Some(entry) = lru.entries.remove(&oldest) {
-                    lru.bytes -= entry.bytes;
+                guard = self.lock();
+                if guard.entries.get(stream).is_some_and(|e| e.version > version) {
+                    guard.touch(stream);
+                    return;
                 }
-                evicted += 1;
+                (bytes, 0)
             }
-            (lru.entries.len(), lru.bytes)
         };
+        let lru = &mut *guard;
+        if bytes > self.options.max_bytes || self.options.max_entries == 0 {
+            lru.remove(stream);
+            return;
+        }
+        let before = (lru.entries.len(), lru.bytes);
+        let tick = lru.next_tick;
+        lru.next_tick += 1;
+        let entry = Entry {
+            state,
+            version,
+            bytes,
+            unweighed,
+            tick,
+        };
+        match lru.entries.get_mut(stream) {
+            // A stream cached already keeps its key: it moves to the end of
+            // the use order.
+            Some(cached) => {
+                let key = lru.order.remove(&cached.tick).unwrap_or_else(|| stream.clone());
+                lru.order.insert(tick, key);
+                lru.bytes = lru.bytes - cached.bytes + bytes;
+                *cached = entry;
+            }
+            None => {
+                lru.order.insert(tick, stream.clone());
+                lru.entries.insert(stream.clone(), entry);
+                lru.bytes += bytes;
+            }
+        }
+        let mut evicted = 0;
+        while lru.entries.len() > self.options.max_entries || lru.bytes > self.options.max_bytes {
+            let Some((_, oldest)) = lru.order.pop_first() else {
+                break;
+            };
+            if let Some(entry) = lru.entries.remove(&oldest) {
+                lru.bytes -= entry.bytes;
+            }
+            evicted += 1;
+        }
+        let after = (lru.entries.len(), lru.bytes);
+        drop(guard);
         if evicted > 0 {
             self.counters.evictions.fetch_add(evicted, Ordering::Relaxed);
             metrics::counter!("strata_command_cache_evictions_total", "aggregate" => self.aggregate)
                 .increment(evicted);
         }
-        metrics::gauge!("strata_command_cache_entries", "aggregate" => self.aggregate).set(entries as f64);
-        metrics::gauge!("strata_command_cache_bytes", "aggregate" => self.aggregate).set(cached_bytes as f64);
+        // Set when they change, not on every command.
+        if after != before {
+            let (entries, bytes) = after;
+            metrics::gauge!("strata_command_cache_entries", "aggregate" => self.aggregate)
+                .set(entries as f64);
+            metrics::gauge!("strata_command_cache_bytes", "aggregate" => self.aggregate).set(bytes as f64);
+        }
     }
 
     /// Forget `stream`.
@@ -338,7 +358,13 @@ mod tests {
         cache.put(&stream("s-1"), Arc::new("abc".to_owned()), 1);
         // `"abc"` is 5 bytes of JSON, `s-1` 3 bytes of id.
         assert_eq!(cache.stats().bytes, 8);
-        cache.put(&stream("s-1"), Arc::new("abcdef".to_owned()), 2);
+        // Stored again, it keeps the weight last measured for 15 stores,
+        // and is weighed again on the 16th.
+        for version in 2..=16 {
+            cache.put(&stream("s-1"), Arc::new("abcdef".to_owned()), version);
+            assert_eq!((cache.stats().entries, cache.stats().bytes), (1, 8));
+        }
+        cache.put(&stream("s-1"), Arc::new("abcdef".to_owned()), 17);
         assert_eq!((cache.stats().entries, cache.stats().bytes), (1, 11));
         cache.remove(&stream("s-1"));
         assert_eq!((cache.stats().entries, cache.stats().bytes), (0, 0));
@@ -359,7 +385,11 @@ mod tests {
         let cache = cache(10, 16);
         cache.put(&stream("s-1"), Arc::new("a".to_owned()), 1);
         cache.put(&stream("s-2"), Arc::new("b".to_owned()), 1);
-        cache.put(&stream("s-1"), Arc::new("far too long".to_owned()), 2);
+        for version in 2..=16 {
+            cache.put(&stream("s-1"), Arc::new("a".to_owned()), version);
+        }
+        // Weighed again on this store, it is found too heavy.
+        cache.put(&stream("s-1"), Arc::new("far too long".to_owned()), 17);
         assert!(cache.peek(&stream("s-1")).is_none());
         cache.put(&stream("s-3"), Arc::new("far, far too long".to_owned()), 1);
         assert!(cache.peek(&stream("s-3")).is_none());
