@@ -241,13 +241,11 @@ async fn run_batch<A: Aggregate, S: EventStore>(
     }
     let in_line =
         |lines: &HashMap<StreamId, Line<A>>| lines.get(&stream).is_some_and(|l| l.generation == generation);
-    if let Some(lines) = lines.upgrade() {
-        let mut lines = lock(&lines.lines);
-        if in_line(&lines)
-            && let Some(line) = lines.get_mut(&stream)
-        {
-            line.open = None;
-        }
+    if let Some(lines) = lines.upgrade()
+        && let Some(line) = lock(&lines.lines).get_mut(&stream)
+        && line.generation == generation
+    {
+        line.open = None;
     }
     let jobs = std::mem::take(&mut *lock(&open));
     let count = jobs.len();
@@ -356,12 +354,8 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
         replies: &mut [Option<Reply<A>>],
     ) -> Option<Vec<usize>> {
         let mut live = self.answer_recorded(stream, jobs, live, replies).await;
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.options.min_backoff)
-            .with_max_delay(self.options.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        // Built at the first conflict: most rounds have none.
+        let mut delays = None;
         let mut retries = 0;
         // The state to decide on next, when already known: caught up after
         // a conflict or before outcomes without events.
@@ -428,7 +422,9 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
                 };
                 decided.push((i, decision));
             }
-            live = decided.iter().map(|(i, _)| *i).collect();
+            if decided.len() != live.len() {
+                live = decided.iter().map(|(i, _)| *i).collect();
+            }
             if decided.is_empty() {
                 return None;
             }
@@ -494,7 +490,17 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
                     }
                     retries += 1;
                     metrics::counter!("strata_command_conflicts_total", "aggregate" => A::TYPE).increment(1);
-                    let delay = delays.next().unwrap_or(self.options.max_backoff);
+                    let delay = delays
+                        .get_or_insert_with(|| {
+                            ExponentialBuilder::default()
+                                .with_min_delay(self.options.min_backoff)
+                                .with_max_delay(self.options.max_backoff)
+                                .with_jitter()
+                                .without_max_times()
+                                .build()
+                        })
+                        .next()
+                        .unwrap_or(self.options.max_backoff);
                     tracing::debug!(
                         retries,
                         ?delay,
@@ -526,11 +532,11 @@ impl<A: Aggregate, S: EventStore> Inner<A, S> {
         live: Vec<usize>,
         replies: &mut [Option<Reply<A>>],
     ) -> Vec<usize> {
+        if !live.iter().any(|&i| jobs[i].explicit_id) {
+            return live;
+        }
         let (with_ids, mut rest): (Vec<usize>, Vec<usize>) =
             live.into_iter().partition(|&i| jobs[i].explicit_id);
-        if with_ids.is_empty() {
-            return rest;
-        }
         let ids: Vec<Uuid> = with_ids.iter().map(|&i| jobs[i].command_id).collect();
         let mut found: HashMap<Uuid, CommandRecord> = match self.store.read_commands(&ids).await {
             Ok(records) => records.into_iter().map(|r| (r.command_id, r)).collect(),
