@@ -26,7 +26,9 @@
 //! is counted, not fatal) and `conflicts` (the retries the commands took).
 //! Unless said otherwise, the baseline does as many raw single-event
 //! appends to one stream as the figure runs commands, one INSERT per
-//! transaction, on one connection.
+//! transaction, on one connection. The raw events of the command figures
+//! carry the metadata a command's events do (a fresh id as correlation and
+//! causation), so both sides store rows of the same size.
 //!
 //! - `command_long_stream_1_writer`: 2,000 commands on one stream, one at
 //!   a time; also the median latency of the first and of the last tenth of
@@ -96,6 +98,19 @@ static DURABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 fn new_event(n: u64) -> NewEvent {
     NewEvent::from_event(&added(n), Metadata::default()).expect("encodable event")
+}
+
+/// An event with the metadata a command's events carry: the command's id
+/// (a fresh UUID v7) as correlation and causation. The raw side of the
+/// command figures writes these, so its rows are the framework's size.
+fn command_event(n: u64) -> NewEvent {
+    let id = Uuid::now_v7();
+    let metadata = Metadata {
+        correlation_id: Some(id),
+        causation_id: Some(id),
+        ..Metadata::default()
+    };
+    NewEvent::from_event(&added(n), metadata).expect("encodable event")
 }
 
 /// One measured side: operations, elapsed time, per-operation latencies.
@@ -439,18 +454,17 @@ where
 
 /// Single-event appends by `writers` writers, each on a connection of
 /// `pool` it holds and a fresh raw stream of its own (versions 1, 2, ...),
-/// one INSERT per transaction.
-async fn raw_appends(pool: PgPool, writers: usize, per_writer: usize) -> Res<Sample> {
+/// one INSERT per transaction, of events made by `event`.
+async fn raw_appends(
+    pool: PgPool,
+    writers: usize,
+    per_writer: usize,
+    event: fn(u64) -> NewEvent,
+) -> Res<Sample> {
     let tag = Uuid::now_v7();
     raw_writers(pool, writers, per_writer, move |conn, w, i| async move {
         let mut conn = conn.lock().await;
-        raw_insert(
-            &mut **conn,
-            &format!("raw-{tag}-{w}"),
-            i as i64 + 1,
-            &new_event(1),
-        )
-        .await
+        raw_insert(&mut **conn, &format!("raw-{tag}-{w}"), i as i64 + 1, &event(1)).await
     })
     .await
 }
@@ -607,7 +621,7 @@ impl Bench {
         let mut rounds = Rounds::default();
         for _ in 0..ROUNDS {
             let tag = Uuid::now_v7();
-            let raw = raw_appends(self.pool.clone(), writers, per_writer);
+            let raw = raw_appends(self.pool.clone(), writers, per_writer, new_event);
             let store = self.store.clone();
             let streams: Vec<StreamId> = (0..writers).map(|w| self.sid(format!("fw-{tag}-{w}"))).collect();
             let fw = run_writers(writers, per_writer, move |w, i| {
@@ -680,7 +694,7 @@ impl Bench {
                     let stream = format!("raw-{tag}-{w}-{}", i % 64);
                     let mut conn = conn.lock().await;
                     let (total, version) = raw_load(&mut conn, &stream, 1, 0).await?;
-                    let event = new_event(total % 7 + 1);
+                    let event = command_event(total % 7 + 1);
                     raw_insert(&mut **conn, &stream, version + 1, &event).await
                 },
             );
@@ -1407,7 +1421,7 @@ async fn main() -> Res<()> {
         let rounds = bench.commands(16, 150 / scale).await?;
         report("command_round_trip_16_writers", "commands/s", &rounds, json!({}));
     }
-    let serial_appends = |n: usize| raw_appends(bench.serial.clone(), 1, n);
+    let serial_appends = |n: usize| raw_appends(bench.serial.clone(), 1, n, command_event);
     let one_connection =
         "single-event appends to one raw stream, one INSERT per transaction, on one connection";
     if wanted("command_long_stream_1_writer") {
@@ -1459,7 +1473,7 @@ async fn main() -> Res<()> {
     }
     if wanted("command_distinct_streams_16_writers") {
         let n = 500 / scale;
-        let raw = || raw_appends(bench.pool.clone(), 16, n);
+        let raw = || raw_appends(bench.pool.clone(), 16, n, command_event);
         let (rounds, counts) = bench.command_figure(16, n, false, raw).await?;
         let mut extra = counts.json();
         extra["baseline"] = json!("16 writers on 16 connections, single-event appends to a raw stream each");
