@@ -239,8 +239,6 @@ async fn run_batch<A: Aggregate, S: EventStore>(
     if let Some(before) = before {
         Quiet::new(before).await;
     }
-    let in_line =
-        |lines: &HashMap<StreamId, Line<A>>| lines.get(&stream).is_some_and(|l| l.generation == generation);
     if let Some(lines) = lines.upgrade()
         && let Some(line) = lock(&lines.lines).get_mut(&stream)
         && line.generation == generation
@@ -274,7 +272,8 @@ async fn run_batch<A: Aggregate, S: EventStore>(
     };
     if let Some(lines) = lines.upgrade() {
         let mut lines = lock(&lines.lines);
-        if in_line(&lines) {
+        // Unless a later batch took its place at the end of the line.
+        if lines.get(&stream).is_some_and(|l| l.generation == generation) {
             lines.remove(&stream);
         }
     }
